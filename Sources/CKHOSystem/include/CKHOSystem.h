@@ -1,0 +1,3 @@
+#ifndef SWIFT_KHO_CKHOSYSTEM_H
+#define SWIFT_KHO_CKHOSYSTEM_H
+#endif
