@@ -99,7 +99,7 @@ public enum FDTWalkEvent {
 
 extension FlattenedDeviceTree {
   /// Visits every node and property in order, in one linear pass.
-  public func walk(_ visit: (FDTWalkEvent) throws -> Void) rethrows {
+  public func walk<E: Error>(_ visit: (FDTWalkEvent) throws(E) -> Void) throws(E) {
     var at = layout.structStart
     while true {
       let token = withTrusted { $0.u32(at) }
@@ -234,8 +234,18 @@ public struct FDTProperty: Sendable {
   public var value: ArraySlice<UInt8> { tree.bytes[valueRange] }
 
   /// Calls `body` with the value's bytes, without copying them.
-  public func withValueBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-    try tree.bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
+  public func withValueBytes<R, E: Error>(
+    _ body: (UnsafeRawBufferPointer) throws(E) -> R
+  ) throws(E) -> R {
+    let range = valueRange
+    let result: Result<R, E> = tree.bytes.withUnsafeBytes { all in
+      do throws(E) {
+        return .success(try body(UnsafeRawBufferPointer(rebasing: all[range])))
+      } catch {
+        return .failure(error)
+      }
+    }
+    return try result.get()
   }
 
   /// The value as one NUL-terminated string, or `nil` if it is not one.

@@ -87,21 +87,29 @@ enum Validator {
     let structSize = header.version >= 17 ? Int(header.structSize) : total - structStart
     let stringsStart = Int(header.stringsOffset)
     let stringsSize = Int(header.stringsSize)
-    try checkBlock("structure", start: structStart, size: structSize, headerSize, total, HeaderField.structOffset)
-    try checkBlock("strings", start: stringsStart, size: stringsSize, headerSize, total, HeaderField.stringsOffset)
+    try checkBlock(
+      "structure", start: structStart, size: structSize, headerSize, total, HeaderField.structOffset
+    )
+    try checkBlock(
+      "strings", start: stringsStart, size: stringsSize, headerSize, total,
+      HeaderField.stringsOffset)
     if structStart % FDTFormat.tokenAlignment != 0 {
-      throw FDTError(.badLayout, at: HeaderField.structOffset.rawValue,
-                     "structure block offset \(structStart) is not 4-byte aligned")
+      throw FDTError(
+        .badLayout, at: HeaderField.structOffset.rawValue,
+        "structure block offset \(structStart) is not 4-byte aligned")
     }
     let structEnd = structStart + structSize
     let stringsEnd = stringsStart + stringsSize
     if structSize > 0 && stringsSize > 0 && structStart < stringsEnd && stringsStart < structEnd {
-      throw FDTError(.badLayout, at: HeaderField.stringsOffset.rawValue,
-                     "strings block \(stringsStart)..<\(stringsEnd) overlaps structure block \(structStart)..<\(structEnd)")
+      throw FDTError(
+        .badLayout, at: HeaderField.stringsOffset.rawValue,
+        "strings block \(stringsStart)..<\(stringsEnd) overlaps structure block \(structStart)..<\(structEnd)"
+      )
     }
 
-    let reservationCount = try checkReservations(bytes, header, headerSize: headerSize, total: total,
-                                                 blocks: [(structStart, structEnd), (stringsStart, stringsEnd)])
+    let reservationCount = try checkReservations(
+      bytes, header, headerSize: headerSize, total: total,
+      blocks: [(structStart, structEnd), (stringsStart, stringsEnd)])
     var layout = ValidatedLayout(
       header: header, reservationCount: reservationCount,
       structStart: structStart, structEnd: structEnd,
@@ -111,7 +119,8 @@ enum Validator {
     return layout
   }
 
-  private static func checkHeader(_ count: Int, _ bytes: TrustedBytes) throws(FDTError) -> FDTHeader {
+  private static func checkHeader(_ count: Int, _ bytes: TrustedBytes) throws(FDTError) -> FDTHeader
+  {
     if count < 4 {
       throw FDTError(.truncated, at: 0, "blob of \(count) bytes has no room for the magic number")
     }
@@ -125,16 +134,19 @@ enum Validator {
     let version = bytes.u32(HeaderField.version.rawValue)
     let lastCompatible = bytes.u32(HeaderField.lastCompatibleVersion.rawValue)
     if version < 16 {
-      throw FDTError(.badVersion, at: HeaderField.version.rawValue,
-                     "version \(version) is older than 16, the oldest this reader handles")
+      throw FDTError(
+        .badVersion, at: HeaderField.version.rawValue,
+        "version \(version) is older than 16, the oldest this reader handles")
     }
     if lastCompatible > FDTFormat.version {
-      throw FDTError(.badVersion, at: HeaderField.lastCompatibleVersion.rawValue,
-                     "last compatible version \(lastCompatible) is newer than 17")
+      throw FDTError(
+        .badVersion, at: HeaderField.lastCompatibleVersion.rawValue,
+        "last compatible version \(lastCompatible) is newer than 17")
     }
     let headerSize = version >= 17 ? FDTFormat.headerSize : 36
     if count < headerSize {
-      throw FDTError(.truncated, at: 0, "blob of \(count) bytes is shorter than a version-\(version) header")
+      throw FDTError(
+        .truncated, at: 0, "blob of \(count) bytes is shorter than a version-\(version) header")
     }
     let header = FDTHeader(
       magic: magic,
@@ -148,12 +160,14 @@ enum Validator {
       stringsSize: bytes.u32(HeaderField.stringsSize.rawValue),
       structSize: version >= 17 ? bytes.u32(HeaderField.structSize.rawValue) : 0)
     if Int(header.totalSize) < headerSize {
-      throw FDTError(.badLayout, at: HeaderField.totalSize.rawValue,
-                     "total size \(header.totalSize) is smaller than the header")
+      throw FDTError(
+        .badLayout, at: HeaderField.totalSize.rawValue,
+        "total size \(header.totalSize) is smaller than the header")
     }
     if Int(header.totalSize) > count {
-      throw FDTError(.truncated, at: count,
-                     "blob of \(count) bytes is shorter than its total size \(header.totalSize)")
+      throw FDTError(
+        .truncated, at: count,
+        "blob of \(count) bytes is shorter than its total size \(header.totalSize)")
     }
     return header
   }
@@ -162,12 +176,14 @@ enum Validator {
     _ what: String, start: Int, size: Int, _ headerSize: Int, _ total: Int, _ field: HeaderField
   ) throws(FDTError) {
     if start < headerSize || start > total {
-      throw FDTError(.badLayout, at: field.rawValue,
-                     "\(what) block offset \(start) is outside \(headerSize)...\(total)")
+      throw FDTError(
+        .badLayout, at: field.rawValue,
+        "\(what) block offset \(start) is outside \(headerSize)...\(total)")
     }
     if size < 0 || size > total - start {
-      throw FDTError(.badLayout, at: field.rawValue,
-                     "\(what) block of \(size) bytes at \(start) runs past the total size \(total)")
+      throw FDTError(
+        .badLayout, at: field.rawValue,
+        "\(what) block of \(size) bytes at \(start) runs past the total size \(total)")
     }
   }
 
@@ -177,22 +193,27 @@ enum Validator {
   ) throws(FDTError) -> Int {
     let start = Int(header.reservationOffset)
     if start < headerSize || start > total {
-      throw FDTError(.badLayout, at: HeaderField.reservationOffset.rawValue,
-                     "memory reservation map offset \(start) is outside \(headerSize)...\(total)")
+      throw FDTError(
+        .badLayout, at: HeaderField.reservationOffset.rawValue,
+        "memory reservation map offset \(start) is outside \(headerSize)...\(total)")
     }
     if start % FDTFormat.reservationAlignment != 0 {
-      throw FDTError(.badLayout, at: HeaderField.reservationOffset.rawValue,
-                     "memory reservation map offset \(start) is not 8-byte aligned")
+      throw FDTError(
+        .badLayout, at: HeaderField.reservationOffset.rawValue,
+        "memory reservation map offset \(start) is not 8-byte aligned")
     }
     var at = start
     var count = 0
     while true {
       if total - at < FDTFormat.reservationEntrySize {
-        throw FDTError(.truncated, at: at, "memory reservation map is not terminated before the end of the blob")
+        throw FDTError(
+          .truncated, at: at, "memory reservation map is not terminated before the end of the blob")
       }
       for (blockStart, blockEnd) in blocks where blockStart < blockEnd {
         if at < blockEnd && blockStart < at + FDTFormat.reservationEntrySize {
-          throw FDTError(.badLayout, at: at, "memory reservation map runs into the block at \(blockStart)..<\(blockEnd)")
+          throw FDTError(
+            .badLayout, at: at,
+            "memory reservation map runs into the block at \(blockStart)..<\(blockEnd)")
         }
       }
       let address = bytes.u64(at)
@@ -203,7 +224,9 @@ enum Validator {
     }
   }
 
-  private static func checkStructure(_ bytes: TrustedBytes, _ layout: inout ValidatedLayout) throws(FDTError) {
+  private static func checkStructure(_ bytes: TrustedBytes, _ layout: inout ValidatedLayout)
+    throws(FDTError)
+  {
     let end = layout.structEnd
     var at = layout.structStart
     var depth = 0
@@ -256,7 +279,8 @@ enum Validator {
         try checkPropertyName(bytes, nameOffset, layout, tokenAt: tokenAt)
         at += 8
         if length > end - at {
-          throw FDTError(.truncated, at: at, "property value of \(length) bytes runs past the structure block")
+          throw FDTError(
+            .truncated, at: at, "property value of \(length) bytes runs past the structure block")
         }
         at = alignUp(at + length, 4)
         if at > end {
@@ -279,7 +303,9 @@ enum Validator {
     }
   }
 
-  private static func checkNodeName(_ bytes: TrustedBytes, from: Int, to: Int, isRoot: Bool) throws(FDTError) {
+  private static func checkNodeName(_ bytes: TrustedBytes, from: Int, to: Int, isRoot: Bool)
+    throws(FDTError)
+  {
     if isRoot {
       if to != from {
         throw FDTError(.badStructure, at: from, "the root node has a name; it must be empty")
@@ -307,11 +333,14 @@ enum Validator {
   ) throws(FDTError) {
     let start = layout.stringsStart + nameOffset
     if nameOffset >= layout.stringsEnd - layout.stringsStart {
-      throw FDTError(.badString, at: tokenAt + 8,
-                     "property name offset \(nameOffset) is outside the strings block of \(layout.stringsEnd - layout.stringsStart) bytes")
+      throw FDTError(
+        .badString, at: tokenAt + 8,
+        "property name offset \(nameOffset) is outside the strings block of \(layout.stringsEnd - layout.stringsStart) bytes"
+      )
     }
     guard let nul = bytes.nul(from: start, before: layout.stringsEnd) else {
-      throw FDTError(.badString, at: start, "property name is not terminated inside the strings block")
+      throw FDTError(
+        .badString, at: start, "property name is not terminated inside the strings block")
     }
     if nul == start {
       throw FDTError(.badName, at: start, "empty property name")
