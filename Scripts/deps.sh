@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need, idempotently:
+# Debian packages through apt-get, Python test clients through pip.
+set -euo pipefail
+
+apt_packages=(device-tree-compiler libfdt-dev libfuse3-dev fuse3 pkg-config
+  memcached libmemcached-tools swig python3-dev)
+pip_packages=(pylibfdt pymemcache)
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+for p in "${pip_packages[@]}"; do
+  module=$p
+  [ "$p" = pylibfdt ] && module=libfdt
+  if ! "$python" -c "import $module" 2>/dev/null; then
+    echo "deps: pip installing $p"
+    "$python" -m pip install -q "$p" 2>&1 | grep -v "Running pip as the 'root' user" || true
+    "$python" -c "import $module"
+  fi
+done
