@@ -6,6 +6,7 @@ let package = Package(
   products: [
     .library(name: "FDT", targets: ["FDT"]),
     .library(name: "KHO", targets: ["KHO"]),
+    .library(name: "KHORuntime", targets: ["KHORuntime"]),
     .executable(name: "kho", targets: ["kho"]),
   ],
   dependencies: [
@@ -29,6 +30,19 @@ let package = Package(
       ]
     ),
 
+    // C surface of the runtime: fd passing (SCM_RIGHTS), posix_spawn details.
+    .target(name: "CKHORuntime"),
+
+    // The handover runtime: exec in place or overlapped with rollback, named
+    // fd handover, sd_notify.
+    .target(
+      name: "KHORuntime",
+      dependencies: [
+        "KHO", "CKHORuntime",
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+
     // The `kho` command line.
     .executableTarget(
       name: "kho",
@@ -47,6 +61,7 @@ let package = Package(
 
     .testTarget(name: "FDTTests", dependencies: ["FDT"]),
     .testTarget(name: "KHOTests", dependencies: ["KHO"]),
+    .testTarget(name: "KHORuntimeTests", dependencies: ["KHORuntime"]),
   ],
   swiftLanguageModes: [.v6]
 )

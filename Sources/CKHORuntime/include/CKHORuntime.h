@@ -1,0 +1,20 @@
+#ifndef SWIFT_KHO_CKHORUNTIME_H
+#define SWIFT_KHO_CKHORUNTIME_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/// sendmsg(2) of `len` bytes with one fd attached as SCM_RIGHTS (fd < 0: none)
+/// to the datagram socket `sock`, addressed to `path` (a leading '@' names an
+/// abstract socket). Returns the bytes sent, or -1 with *err set to errno.
+ssize_t ckho_send_datagram(int sock, const char *path, const void *buf, size_t len, int fd, int *err);
+
+/// recvmsg(2) of one datagram, with at most one SCM_RIGHTS fd returned in *fd
+/// (-1 if none; received with MSG_CMSG_CLOEXEC). Returns the bytes received,
+/// or -1 with *err set to errno.
+ssize_t ckho_recv_datagram(int sock, void *buf, size_t len, int *fd, int *err);
+
+/// The process environment, `environ`.
+char **ckho_environ(void);
+
+#endif

@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The next image: an executable with its arguments and environment, the
+/// user-space `kexec -l` payload.
+public struct NextImage: Sendable, Equatable {
+  /// Path of the executable.
+  public var path: String
+  /// `argv`, `argv[0]` included.
+  public var arguments: [String]
+  /// The environment, `KEY=VALUE`; the runtime adds its own variables.
+  public var environment: [String]
+
+  public init(
+    path: String, arguments: [String]? = nil, environment: [String] = Environment.current()
+  ) {
+    self.path = path
+    self.arguments = arguments ?? [path]
+    self.environment = environment
+  }
+
+  /// This very executable (`/proc/self/exe`) with its current arguments.
+  public static func current(arguments: [String] = CommandLine.arguments) -> NextImage {
+    NextImage(path: currentExecutablePath(), arguments: arguments)
+  }
+
+  static func currentExecutablePath() -> String {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    if n <= 0 { return CommandLine.arguments[0] }
+    return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
+}
+
+/// `execve` and `posix_spawn` keeping exactly a chosen set of fds open.
+enum ProcessLauncher {
+  /// Replaces this process with `image`, keeping `fds` open across the
+  /// exec. Returns only on failure, with every fd's close-on-exec flag as it
+  /// was before the call.
+  ///
+  /// The corresponding C function is `execve`.
+  static func execInPlace(_ image: NextImage, keeping fds: [Int32]) -> SystemCallError {
+    var saved: [(Int32, Int32)] = []
+    for fd in fds {
+      let flags = fcntl(fd, F_GETFD)
+      if flags == -1 {
+        let error = SystemCallError("fcntl(F_GETFD)", errno: errno)
+        restore(saved)
+        return error
+      }
+      saved.append((fd, flags))
+      _ = fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC)
+    }
+    // Buffered output would be lost at exec.
+    fflush(nil)
+    let error = withCStrings(image.arguments) { argv in
+      withCStrings(image.environment) { envp in
+        _ = execve(image.path, argv, envp)
+        return SystemCallError("execve(\(image.path))", errno: errno)
+      }
+    }
+    restore(saved)
+    return error
+  }
+
+  private static func restore(_ saved: [(Int32, Int32)]) {
+    for (fd, flags) in saved { _ = fcntl(fd, F_SETFD, flags) }
+  }
+
+  /// Starts `image` as a child keeping `fds` open (at the same numbers) and
+  /// nothing else but stdin, stdout and stderr.
+  ///
+  /// The corresponding C function is `posix_spawn`.
+  static func spawn(_ image: NextImage, keeping fds: [Int32]) throws(SystemCallError) -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for fd in fds {
+      // dup2 onto itself clears FD_CLOEXEC in the child only (glibc >= 2.29).
+      posix_spawn_file_actions_adddup2(&actions, fd, fd)
+    }
+    var pid: pid_t = 0
+    let rc = withCStrings(image.arguments) { argv in
+      withCStrings(image.environment) { envp in
+        posix_spawn(&pid, image.path, &actions, nil, argv, envp)
+      }
+    }
+    if rc != 0 { throw SystemCallError("posix_spawn(\(image.path))", errno: rc) }
+    return pid
+  }
+
+  /// Calls `body` with a NULL-terminated `char *[]` of `strings`.
+  static func withCStrings<R>(
+    _ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R
+  ) -> R {
+    let pointers = strings.map { strdup($0) } + [nil]
+    defer { for p in pointers { free(p) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+  }
+}
