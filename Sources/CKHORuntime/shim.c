@@ -2,6 +2,7 @@
 #include "CKHORuntime.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -10,6 +11,8 @@
 extern char **environ;
 
 char **ckho_environ(void) { return environ; }
+
+int ckho_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 ssize_t ckho_send_datagram(int sock, const char *path, const void *buf, size_t len, int fd, int *err) {
   struct sockaddr_un addr;

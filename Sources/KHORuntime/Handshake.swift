@@ -1,3 +1,5 @@
+import CKHORuntime
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -54,7 +56,7 @@ enum Handshake {
     /// The corresponding C function is `pipe2`.
     private static func pipe() throws(SystemCallError) -> (Int32, Int32) {
       var fds: [Int32] = [-1, -1]
-      _ = try retryingOnInterrupt("pipe2") { pipe2(&fds, O_CLOEXEC) }
+      _ = try retryingOnInterrupt("pipe2") { ckho_pipe_cloexec(&fds) }
       return (fds[0], fds[1])
     }
   }

@@ -14,6 +14,9 @@ ssize_t ckho_send_datagram(int sock, const char *path, const void *buf, size_t l
 /// or -1 with *err set to errno.
 ssize_t ckho_recv_datagram(int sock, void *buf, size_t len, int *fd, int *err);
 
+/// pipe2(fds, O_CLOEXEC). Returns 0, or -1 with errno set.
+int ckho_pipe_cloexec(int fds[2]);
+
 /// The process environment, `environ`.
 char **ckho_environ(void);
 
