@@ -1,0 +1,118 @@
+import FDT
+
+/// What one image leaves in scratch for the next, and how the next reads it
+/// back: the handover record at the start of scratch, then the mem cache,
+/// then the blob. Both directions work on the arena's mapping as raw bytes,
+/// so they can be tested without processes.
+public enum HandoverImage {
+  /// Lays out record, mem cache and blob at the start of `scratch`.
+  ///
+  /// - Returns: the record as written; it sits at `scratch.lowerBound`.
+  /// - Throws: ``HandoverError/scratchTooSmall(needed:available:)``.
+  public static func write(
+    blob: [UInt8], memCache: MemCache, generation: UInt64,
+    into arena: UnsafeMutableRawBufferPointer, pageSize: UInt64, scratch: Range<UInt64>
+  ) throws(HandoverError) -> HandoverRecord {
+    let cacheBytes = memCache.encoded
+    let cacheAt = scratch.lowerBound + UInt64(HandoverRecord.size)
+    let blobAt = alignUp(cacheAt + UInt64(cacheBytes.count), 8)
+    let end = blobAt + UInt64(blob.count)
+    guard end <= scratch.upperBound else {
+      throw .scratchTooSmall(needed: end - scratch.lowerBound, available: scratch.length)
+    }
+    var record = HandoverRecord(
+      arenaSize: UInt64(arena.count), pageSize: pageSize, generation: generation,
+      scratch: scratch, blob: blobAt..<end, memCacheAddress: cacheAt,
+      memCacheCount: UInt64(memCache.ranges.count))
+    copy(cacheBytes, to: arena, at: cacheAt)
+    copy(blob, to: arena, at: blobAt)
+    record.checksum = checksum(of: record, in: UnsafeRawBufferPointer(arena))
+    copy(record.encoded(), to: arena, at: scratch.lowerBound)
+    return record
+  }
+
+  /// Everything the previous image handed over, validated.
+  public struct Incoming: Sendable {
+    public let record: HandoverRecord
+    public let memCache: MemCache
+    /// The blob, copied out of scratch (the next serialize reuses scratch).
+    public let tree: FlattenedDeviceTree
+  }
+
+  /// Reads and validates what the previous image left, trusting nothing:
+  /// the record's magic, version and placement, its checksum, the mem cache
+  /// (page-aligned, sorted, inside the arena, outside scratch) and the blob
+  /// (full FDT validation, root `compatible = "kho-v1"`).
+  public static func read(
+    recordAddress: UInt64, arena: UnsafeRawBufferPointer, pageSize: UInt64
+  ) throws(HandoverError) -> Incoming {
+    let arenaSize = UInt64(arena.count)
+    guard recordAddress <= arenaSize, arenaSize - recordAddress >= UInt64(HandoverRecord.size)
+    else {
+      throw .badRecord("record address 0x\(String(recordAddress, radix: 16)) is outside the arena")
+    }
+    let at = Int(recordAddress)
+    let record = try HandoverRecord.decode(
+      UnsafeRawBufferPointer(rebasing: arena[at..<at + HandoverRecord.size]))
+    try record.validate(arenaSize: arenaSize, pageSize: pageSize)
+    guard record.scratch.lowerBound == recordAddress else {
+      throw .badRecord(
+        "record at 0x\(String(recordAddress, radix: 16)) is not at the start of its scratch \(record.scratch)"
+      )
+    }
+    let sum = checksum(of: record, in: arena)
+    guard sum == record.checksum else {
+      throw .badRecord(
+        "checksum 0x\(String(record.checksum, radix: 16)) does not match the contents (0x\(String(sum, radix: 16)))"
+      )
+    }
+    let memCache: MemCache
+    let ranges = MemCache.decode(slice(arena, try record.memCacheRange()))
+    do throws(MemCacheError) {
+      memCache = try MemCache(
+        validating: ranges, pageSize: pageSize, arenaSize: arenaSize, scratch: record.scratch)
+    } catch {
+      throw .badMemCache(error)
+    }
+    let tree: FlattenedDeviceTree
+    do throws(FDTError) {
+      tree = try FlattenedDeviceTree(bytes: Array(slice(arena, record.blob)))
+    } catch {
+      throw .badBlob("\(error)")
+    }
+    guard tree.root.property("compatible")?.string == "kho-v1" else {
+      let found = tree.root.property("compatible")?.strings?.joined(separator: ", ") ?? "none"
+      throw .badBlob("root compatible is \"\(found)\", expected \"kho-v1\"")
+    }
+    return Incoming(record: record, memCache: memCache, tree: tree)
+  }
+
+  /// FNV-1a over the record's first 88 bytes, the mem cache and the blob.
+  static func checksum(of record: HandoverRecord, in arena: UnsafeRawBufferPointer) -> UInt64 {
+    var hash = FNV1a64()
+    var withoutSum = record
+    withoutSum.checksum = 0
+    withoutSum.encoded().withUnsafeBytes {
+      hash.update(UnsafeRawBufferPointer(rebasing: $0[..<HandoverRecord.checksumOffset]))
+    }
+    // Placement was validated (or chosen) by the caller: both are inside scratch.
+    if let cache = try? record.memCacheRange() { hash.update(slice(arena, cache)) }
+    hash.update(slice(arena, record.blob))
+    return hash.value
+  }
+
+  private static func slice(_ arena: UnsafeRawBufferPointer, _ r: Range<UInt64>)
+    -> UnsafeRawBufferPointer
+  {
+    UnsafeRawBufferPointer(rebasing: arena[Int(r.lowerBound)..<Int(r.upperBound)])
+  }
+
+  private static func copy(_ bytes: [UInt8], to arena: UnsafeMutableRawBufferPointer, at: UInt64) {
+    bytes.withUnsafeBytes { src in
+      UnsafeMutableRawBufferPointer(rebasing: arena[Int(at)..<Int(at) + src.count]).copyMemory(
+        from: src)
+    }
+  }
+
+  private static func alignUp(_ v: UInt64, _ a: UInt64) -> UInt64 { (v + a - 1) & ~(a - 1) }
+}
