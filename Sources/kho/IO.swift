@@ -10,6 +10,14 @@ import ArgumentParser
 enum FileIO {
   struct Failure: Error, CustomStringConvertible {
     var description: String
+    /// The errno behind the failure, when a system call failed.
+    var errno: Int32? = nil
+  }
+
+  /// Whether `path` names a directory.
+  static func isDirectory(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
   }
 
   /// Reads all of `path` (`-` for standard input).
@@ -19,7 +27,9 @@ enum FileIO {
       fd = STDIN_FILENO
     } else {
       fd = open(path, O_RDONLY | O_CLOEXEC)
-      if fd < 0 { throw Failure(description: "\(path): \(String(cString: strerror(errno)))") }
+      if fd < 0 {
+        throw Failure(description: "\(path): \(String(cString: strerror(errno)))", errno: errno)
+      }
     }
     defer { if fd != STDIN_FILENO { close(fd) } }
     var result: [UInt8] = []
@@ -28,7 +38,7 @@ enum FileIO {
       let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
       if n < 0 {
         if errno == EINTR { continue }
-        throw Failure(description: "\(path): \(String(cString: strerror(errno)))")
+        throw Failure(description: "\(path): \(String(cString: strerror(errno)))", errno: errno)
       }
       if n == 0 { return result }
       result.append(contentsOf: chunk[..<n])

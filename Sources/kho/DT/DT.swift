@@ -6,7 +6,7 @@ struct DT: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "dt",
     abstract: "Check, print and convert flattened device tree blobs (DTB).",
-    subcommands: [Dump.self, Check.self, Convert.self, Sample.self]
+    subcommands: [Dump.self, Check.self, Convert.self, Decode.self, Sample.self]
   )
 }
 
