@@ -50,7 +50,8 @@ fi
 log=$OUT/last-run.log
 echo "fuzz.sh: ${limit[*]} $* (log: $log)" >&2
 set +e
-"$BIN" "$OUT/corpus" "$OUT/seeds" \
+# Swift's own crash handler would race ASan and libFuzzer: leave crashes to them.
+SWIFT_BACKTRACE=enable=no "$BIN" "$OUT/corpus" "$OUT/seeds" \
   -dict="$ROOT/Fuzz/fdt.dict" -max_len=4096 -timeout=10 -print_final_stats=1 \
   -artifact_prefix="$OUT/artifacts/" "${limit[@]}" "$@" 2>&1 | tee "$log" | grep -v '^#[0-9]*.*\(NEW\|REDUCE\|pulse\)'
 status=${PIPESTATUS[0]}
