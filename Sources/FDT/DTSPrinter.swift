@@ -35,6 +35,10 @@ extension FlattenedDeviceTree {
       out.append(";\n")
     }
     var level = 0
+    // dtc's `name_properties` check deletes a node's first "name" property
+    // when it equals the node's base name (its name up to '@') plus NUL;
+    // per open node: that expected value, or nil once a "name" was seen.
+    var nameProperty: [[UInt8]?] = []
     walk { event in
       switch event {
       case .beginNode(let node):
@@ -44,11 +48,18 @@ extension FlattenedDeviceTree {
         out.append(name.isEmpty ? "/" : name)
         out.append(" {\n")
         level += 1
+        nameProperty.append(Array(name.utf8.prefix { $0 != UInt8(ascii: "@") }) + [0])
       case .property(let property):
+        let propertyName = property.name
+        if propertyName == "name", let expected = nameProperty[nameProperty.count - 1] {
+          nameProperty[nameProperty.count - 1] = nil
+          if property.value.elementsEqual(expected) { return }
+        }
         out.indent(level)
-        out.append(property.name)
+        out.append(propertyName)
         property.withValueBytes { out.appendValue($0) }
       case .endNode:
+        nameProperty.removeLast()
         level -= 1
         out.indent(level)
         out.append("};\n")

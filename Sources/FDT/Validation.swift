@@ -100,23 +100,50 @@ enum Validator {
     }
     let structEnd = structStart + structSize
     let stringsEnd = stringsStart + stringsSize
-    if structSize > 0 && stringsSize > 0 && structStart < stringsEnd && stringsStart < structEnd {
-      throw FDTError(
-        .badLayout, at: HeaderField.stringsOffset.rawValue,
-        "strings block \(stringsStart)..<\(stringsEnd) overlaps structure block \(structStart)..<\(structEnd)"
-      )
+    // A version-16 header has no structure size: the block ends at its
+    // FDT_END token, so its overlaps are checked after the walk.
+    let structSizeKnown = header.version >= 17
+    if structSizeKnown {
+      try checkOverlap(structStart, structEnd, stringsStart, stringsEnd)
     }
 
     let reservationCount = try checkReservations(
       bytes, header, headerSize: headerSize, total: total,
-      blocks: [(structStart, structEnd), (stringsStart, stringsEnd)])
+      blocks: structSizeKnown
+        ? [(structStart, structEnd), (stringsStart, stringsEnd)] : [(stringsStart, stringsEnd)])
     var layout = ValidatedLayout(
       header: header, reservationCount: reservationCount,
       structStart: structStart, structEnd: structEnd,
       stringsStart: stringsStart, stringsEnd: stringsEnd,
       nodeCount: 0, propertyCount: 0)
-    try checkStructure(bytes, &layout)
+    let endOfTokens = try checkStructure(bytes, &layout)
+    if !structSizeKnown {
+      layout.structEnd = endOfTokens
+      try checkOverlap(structStart, endOfTokens, stringsStart, stringsEnd)
+      let reservationStart = Int(header.reservationOffset)
+      let reservationEnd =
+        reservationStart + (reservationCount + 1) * FDTFormat.reservationEntrySize
+      if structStart < reservationEnd && reservationStart < endOfTokens {
+        throw FDTError(
+          .badLayout, at: HeaderField.reservationOffset.rawValue,
+          "memory reservation map \(reservationStart)..<\(reservationEnd) overlaps structure block \(structStart)..<\(endOfTokens)"
+        )
+      }
+    }
     return layout
+  }
+
+  private static func checkOverlap(
+    _ structStart: Int, _ structEnd: Int, _ stringsStart: Int, _ stringsEnd: Int
+  ) throws(FDTError) {
+    if structStart < structEnd && stringsStart < stringsEnd && structStart < stringsEnd
+      && stringsStart < structEnd
+    {
+      throw FDTError(
+        .badLayout, at: HeaderField.stringsOffset.rawValue,
+        "strings block \(stringsStart)..<\(stringsEnd) overlaps structure block \(structStart)..<\(structEnd)"
+      )
+    }
   }
 
   private static func checkHeader(_ count: Int, _ bytes: TrustedBytes) throws(FDTError) -> FDTHeader
@@ -142,6 +169,11 @@ enum Validator {
       throw FDTError(
         .badVersion, at: HeaderField.lastCompatibleVersion.rawValue,
         "last compatible version \(lastCompatible) is newer than 17")
+    }
+    if version < lastCompatible {
+      throw FDTError(
+        .badVersion, at: HeaderField.version.rawValue,
+        "version \(version) is older than its last compatible version \(lastCompatible)")
     }
     let headerSize = version >= 17 ? FDTFormat.headerSize : 36
     if count < headerSize {
@@ -216,16 +248,18 @@ enum Validator {
             "memory reservation map runs into the block at \(blockStart)..<\(blockEnd)")
         }
       }
-      let address = bytes.u64(at)
       let size = bytes.u64(at + 8)
       at += FDTFormat.reservationEntrySize
-      if address == 0 && size == 0 { return count }
+      // libfdt (fdt_num_mem_rsv) and dtc both end the map at the first
+      // entry of size 0, whatever its address.
+      if size == 0 { return count }
       count += 1
     }
   }
 
+  /// Walks the tokens; returns the offset just past FDT_END.
   private static func checkStructure(_ bytes: TrustedBytes, _ layout: inout ValidatedLayout)
-    throws(FDTError)
+    throws(FDTError) -> Int
   {
     let end = layout.structEnd
     var at = layout.structStart
@@ -296,7 +330,7 @@ enum Validator {
         if !sawRoot {
           throw FDTError(.badStructure, at: tokenAt, "FDT_END before any node")
         }
-        return
+        return at
       default:
         throw FDTError(.badStructure, at: tokenAt, "unknown token 0x\(hex(token))")
       }
