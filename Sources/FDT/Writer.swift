@@ -103,12 +103,21 @@ public struct FDTWriter: Sendable {
     case .finished:
       throw FDTError(.badState, at: nil, "the writer is finished")
     }
-    try Self.checkName(name)
+    var name = name
     let mark = structure.count
-    appendToken(.beginNode)
-    structure.append(contentsOf: name.utf8)
-    structure.append(0)
-    pad()
+    let hasNUL: Bool = name.withUTF8 { n in
+      if let p = n.baseAddress, memchrCompat(p, n.count) != nil { return true }
+      // Token, name, NUL, padding: zero-filled, then the token and name.
+      let at = grow(by: alignUp(4 + n.count + 1, 4))
+      structure.withUnsafeMutableBytes { all in
+        all.storeBytes(of: FDTToken.beginNode.rawValue.bigEndian, toByteOffset: at, as: UInt32.self)
+        if let p = n.baseAddress {
+          (all.baseAddress! + at + 4).copyMemory(from: p, byteCount: n.count)
+        }
+      }
+      return false
+    }
+    if hasNUL { throw Self.nulInName(name) }
     do throws(FDTError) { try checkSpace() } catch {
       structure.removeSubrange(mark...)
       throw error
@@ -134,25 +143,41 @@ public struct FDTWriter: Sendable {
   public mutating func property(
     _ name: String, count: Int, fill: (UnsafeMutableRawBufferPointer) -> Void
   ) throws(FDTError) {
+    try appendProperty(name, count: count) { value in
+      fill(UnsafeMutableRawBufferPointer(start: value, count: count))
+    }
+  }
+
+  /// The body of every `property` call: checks, the name's place in the
+  /// strings block, then one zero-filled record (token, length, name
+  /// offset, value, padding) whose value `write` fills in.
+  @inline(__always)
+  private mutating func appendProperty(
+    _ name: String, count: Int, write: (UnsafeMutableRawPointer) -> Void
+  ) throws(FDTError) {
     guard case .structure(let depth, _) = state, depth > 0 else {
       throw FDTError(.badState, at: nil, "property \"\(name)\" outside a node")
     }
     guard count >= 0, count <= Int(UInt32.max) else {
       throw FDTError(.badValue, at: nil, "property \"\(name)\" of \(count) bytes")
     }
-    try Self.checkName(name)
-    let (position, added) = strings.position(of: name)
-    let mark = structure.count
-    appendToken(.property)
-    appendU32(UInt32(count))
-    if strings.newestFirst { nameOffsetFixups.append(structure.count) }
-    appendU32(UInt32(truncatingIfNeeded: position))
-    let valueStart = structure.count
-    structure.append(contentsOf: repeatElement(0, count: count))
-    structure.withUnsafeMutableBytes { all in
-      fill(UnsafeMutableRawBufferPointer(rebasing: all[valueStart..<valueStart + count]))
+    var utf8Name = name
+    let found: (position: Int, added: Bool)? = utf8Name.withUTF8 { n in
+      if let p = n.baseAddress, memchrCompat(p, n.count) != nil { return nil }
+      return strings.position(of: n)
     }
-    pad()
+    guard let found else { throw Self.nulInName(name) }
+    let (position, added) = found
+    let mark = grow(by: 12 + alignUp(count, 4))
+    structure.withUnsafeMutableBytes { all in
+      let record = all.baseAddress! + mark
+      record.storeBytes(of: FDTToken.property.rawValue.bigEndian, as: UInt32.self)
+      record.storeBytes(of: UInt32(count).bigEndian, toByteOffset: 4, as: UInt32.self)
+      record.storeBytes(
+        of: UInt32(truncatingIfNeeded: position).bigEndian, toByteOffset: 8, as: UInt32.self)
+      write(record + 12)
+    }
+    if strings.newestFirst { nameOffsetFixups.append(mark + 8) }
     do throws(FDTError) { try checkSpace() } catch {
       structure.removeSubrange(mark...)
       if strings.newestFirst { nameOffsetFixups.removeLast() }
@@ -163,8 +188,14 @@ public struct FDTWriter: Sendable {
 
   /// Adds a property whose value is `bytes`, as they are.
   public mutating func property(_ name: String, bytes: some Collection<UInt8>) throws(FDTError) {
-    try property(name, count: bytes.count) { buffer in
-      buffer.copyBytes(from: bytes)
+    let count = bytes.count
+    try appendProperty(name, count: count) { value in
+      let copied: Void? = bytes.withContiguousStorageIfAvailable { source in
+        if let p = source.baseAddress { value.copyMemory(from: p, byteCount: count) }
+      }
+      if copied == nil {
+        UnsafeMutableRawBufferPointer(start: value, count: count).copyBytes(from: bytes)
+      }
     }
   }
 
@@ -175,40 +206,49 @@ public struct FDTWriter: Sendable {
 
   /// Adds a NUL-terminated string property.
   public mutating func property(_ name: String, string: String) throws(FDTError) {
-    try property(name, strings: [string])
+    var string = string
+    let count = string.utf8.count
+    try appendProperty(name, count: count + 1) { value in
+      // The NUL is already there: the record is zero-filled.
+      string.withUTF8 { s in
+        if let p = s.baseAddress { value.copyMemory(from: p, byteCount: count) }
+      }
+    }
   }
 
   /// Adds a string list: each string NUL-terminated, one after the other.
   public mutating func property(_ name: String, strings list: [String]) throws(FDTError) {
     var count = 0
     for s in list { count += s.utf8.count + 1 }
-    try property(name, count: count) { buffer in
+    try appendProperty(name, count: count) { value in
       var at = 0
-      for s in list {
-        for byte in s.utf8 {
-          buffer[at] = byte
-          at += 1
+      for var s in list {
+        s.withUTF8 { s in
+          if let p = s.baseAddress { (value + at).copyMemory(from: p, byteCount: s.count) }
+          at += s.count + 1
         }
-        buffer[at] = 0
-        at += 1
       }
     }
   }
 
   /// Adds big-endian 32-bit cells (`<...>` in DTS).
   public mutating func property(_ name: String, cells: [UInt32]) throws(FDTError) {
-    try property(name, count: cells.count * 4) { buffer in
-      for (i, cell) in cells.enumerated() {
-        buffer.storeBytes(of: cell.bigEndian, toByteOffset: i * 4, as: UInt32.self)
+    try appendProperty(name, count: cells.count * 4) { value in
+      cells.withUnsafeBufferPointer { cells in
+        for i in cells.indices {
+          value.storeBytes(of: cells[i].bigEndian, toByteOffset: i * 4, as: UInt32.self)
+        }
       }
     }
   }
 
   /// Adds big-endian 64-bit values (`/bits/ 64 <...>` in DTS).
   public mutating func property(_ name: String, cells64: [UInt64]) throws(FDTError) {
-    try property(name, count: cells64.count * 8) { buffer in
-      for (i, cell) in cells64.enumerated() {
-        buffer.storeBytes(of: cell.bigEndian, toByteOffset: i * 8, as: UInt64.self)
+    try appendProperty(name, count: cells64.count * 8) { value in
+      cells64.withUnsafeBufferPointer { cells in
+        for i in cells.indices {
+          value.storeBytes(of: cells[i].bigEndian, toByteOffset: i * 8, as: UInt64.self)
+        }
       }
     }
   }
@@ -218,8 +258,11 @@ public struct FDTWriter: Sendable {
   public mutating func property<T: FixedWidthInteger & BitwiseCopyable>(
     _ name: String, native values: [T]
   ) throws(FDTError) {
-    try property(name, count: values.count * MemoryLayout<T>.size) { buffer in
-      values.withUnsafeBytes { buffer.copyMemory(from: $0) }
+    let count = values.count * MemoryLayout<T>.size
+    try appendProperty(name, count: count) { value in
+      values.withUnsafeBytes { source in
+        if let p = source.baseAddress { value.copyMemory(from: p, byteCount: count) }
+      }
     }
   }
 
@@ -288,25 +331,24 @@ public struct FDTWriter: Sendable {
 
   // MARK: - Helpers
 
+  /// Appends `count` zero bytes to the structure block and returns where
+  /// they start.
   @inline(__always)
-  private mutating func appendU32(_ value: UInt32) {
-    let be = value.bigEndian
-    withUnsafeBytes(of: be) { structure.append(contentsOf: $0) }
+  private mutating func grow(by count: Int) -> Int {
+    let at = structure.count
+    structure.append(contentsOf: repeatElement(0, count: count))
+    return at
   }
 
   @inline(__always)
   private mutating func appendToken(_ token: FDTToken) {
-    appendU32(token.rawValue)
-  }
-
-  @inline(__always)
-  private mutating func pad() {
-    while structure.count & 3 != 0 { structure.append(0) }
-  }
-
-  private static func checkName(_ name: String) throws(FDTError) {
-    if name.utf8.contains(0) {
-      throw FDTError(.badName, at: nil, "name \"\(name)\" contains a NUL byte")
+    let at = grow(by: 4)
+    structure.withUnsafeMutableBytes {
+      $0.storeBytes(of: token.rawValue.bigEndian, toByteOffset: at, as: UInt32.self)
     }
+  }
+
+  private static func nulInName(_ name: String) -> FDTError {
+    FDTError(.badName, at: nil, "name \"\(name)\" contains a NUL byte")
   }
 }

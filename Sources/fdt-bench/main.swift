@@ -21,12 +21,27 @@ import FDT
 struct Options {
   var quick = false
   var reps = 11
+  /// Run only these cases ("a", "b", "c"), for profiling.
+  var only: Set<String> = ["a", "b", "c"]
+  /// Instead of timing: write this many random trees with both writers and
+  /// compare (libfdt layout); dtc-layout blobs go to `verifyDirectory`.
+  var verify = 0
+  var verifyDirectory: String? = nil
 
   init(_ arguments: [String]) {
     var it = arguments.dropFirst().makeIterator()
     while let arg = it.next() {
       switch arg {
       case "--quick": quick = true
+      case "--verify":
+        guard let n = it.next().flatMap({ Int($0) }), n > 0 else { usage() }
+        verify = n
+      case "--verify-dir":
+        guard let d = it.next() else { usage() }
+        verifyDirectory = d
+      case "--only":
+        guard let list = it.next() else { usage() }
+        only = Set(list.split(separator: ",").map(String.init))
       case "--reps":
         guard let n = it.next().flatMap({ Int($0) }), n > 0 else { usage() }
         reps = n
@@ -36,13 +51,16 @@ struct Options {
   }
 
   func usage() -> Never {
-    print("usage: fdt-bench [--quick] [--reps N]")
+    print("usage: fdt-bench [--quick] [--reps N] [--only a,b,c]")
     print("  --quick   10,000 distinct names in (b) instead of 30,000, 5 repetitions")
     exit(2)
   }
 }
 
 var options = Options(CommandLine.arguments)
+if options.verify > 0 {
+  exit(verifyRandomTrees(options.verify, directory: options.verifyDirectory))
+}
 if options.quick && !CommandLine.arguments.contains("--reps") { options.reps = 5 }
 
 // MARK: - Timing
@@ -305,7 +323,7 @@ func compare(_ what: String, _ ours: [UInt8], _ theirs: [UInt8]) -> String {
 // MARK: - a. 10,000-node tree
 
 print("fdt-bench: \(options.reps) repetitions after one warm-up (median, min)")
-do {
+if options.only.contains("a") {
   let tree = TreeData(buses: 99, devices: 100)
   print("a. write a \(tree.nodeCount)-node tree, 5 properties per node (libfdt layout)")
   let capacity = 4 << 20
@@ -320,7 +338,7 @@ do {
 
 // MARK: - b. many distinct names
 
-do {
+if options.only.contains("b") {
   let count = options.quick ? 10_000 : 30_000
   print("b. write one node with \(count) distinct property names (libfdt runs once)")
   let names = (0..<count).map { "prop-\($0)" }
@@ -369,7 +387,7 @@ do {
 
 // MARK: - c. validate + walk
 
-do {
+if options.only.contains("c") {
   let tree = TreeData(buses: 369, devices: 270)
   let blob = tree.writeC(capacity: 64 << 20)
   print("c. validate + walk a \(tree.nodeCount)-node blob of \(blob.count) bytes")
@@ -469,3 +487,132 @@ for r in rows {
 }
 fflush(nil)
 exit(failures == 0 ? 0 : 1)
+
+// MARK: - Verification mode
+
+/// Random trees whose names share many suffixes, written by both writers.
+/// Returns the number of mismatches.
+func verifyRandomTrees(_ count: Int, directory: String?) -> Int32 {
+  var rng = SplitMix(seed: 0x5eed)
+  let pieces = ["reg", "a", "ba", "-reg", "interrupt", "s", "#", "cells", "x", "name", ""]
+  var mismatches: Int32 = 0
+  for t in 0..<count {
+    // Events: (depth change, name, value) generated once, replayed twice.
+    enum Op {
+      case begin(String)
+      case prop(String, [UInt8])
+      case end
+    }
+    var ops: [Op] = [.begin("")]
+    var depth = 1
+    let steps = Int(rng.next() % 200)
+    for _ in 0..<steps {
+      switch rng.next() % 6 {
+      case 0 where depth < 6:
+        ops.append(.begin("n\(rng.next() % 50)@\(rng.next() % 4)"))
+        depth += 1
+      case 1 where depth > 1:
+        ops.append(.end)
+        depth -= 1
+      default:
+        var name = ""
+        for _ in 0...(rng.next() % 4) { name += pieces[Int(rng.next() % UInt64(pieces.count))] }
+        if name.isEmpty { name = "p" }
+        let value = (0..<Int(rng.next() % 12)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        ops.append(.prop(name, value))
+      }
+    }
+    for _ in 0..<depth { ops.append(.end) }
+    // A property may not follow a subnode: drop those.
+    var cleaned: [Op] = []
+    var hadChild: [Bool] = []
+    for op in ops {
+      switch op {
+      case .begin:
+        if !hadChild.isEmpty { hadChild[hadChild.count - 1] = true }
+        hadChild.append(false)
+        cleaned.append(op)
+      case .end:
+        hadChild.removeLast()
+        cleaned.append(op)
+      case .prop:
+        if hadChild.last == false { cleaned.append(op) }
+      }
+    }
+    ops = cleaned
+    func writeSwift(_ layout: FDTWriter.Layout, capacity: Int? = nil) throws(FDTError) -> [UInt8] {
+      var w = FDTWriter(layout: layout, capacity: capacity)
+      try w.addReservation(address: 0x1000, size: UInt64(t))
+      var k = 0
+      for op in ops {
+        switch op {
+        case .begin(let n): try w.beginNode(n)
+        case .prop(let n, let v):
+          if capacity != nil {
+            // Attempts that cannot fit: must leave no trace.
+            k += 1
+            do {
+              try w.property("never-fits-\(k)-" + n, bytes: [UInt8](repeating: 7, count: 1 << 16))
+              fatalError("a property past the capacity was accepted")
+            } catch  where error.kind == .noSpace {}
+          }
+          try w.property(n, bytes: v)
+        case .end: try w.endNode()
+        }
+      }
+      return try w.finish()
+    }
+    let buf = malloc(1 << 20)!
+    defer { free(buf) }
+    precondition(fdt_create(buf, 1 << 20) == 0)
+    precondition(fdt_add_reservemap_entry(buf, 0x1000, UInt64(t)) == 0)
+    precondition(fdt_finish_reservemap(buf) == 0)
+    for op in ops {
+      switch op {
+      case .begin(let n): precondition(fdt_begin_node(buf, n) == 0)
+      case .prop(let n, let v): precondition(fdt_property(buf, n, v, CInt(v.count)) == 0)
+      case .end: precondition(fdt_end_node(buf) == 0)
+      }
+    }
+    precondition(fdt_finish(buf) == 0)
+    let reference = copyOut(buf)
+    let ours = try! writeSwift(.libfdt)
+    // + 4: `size` counts FDT_END even once finish() has appended it.
+    let oursTight = try! writeSwift(.libfdt, capacity: ours.count + 4)
+    if ours != reference || oursTight != reference {
+      print(
+        "tree \(t): libfdt layout differs (unlimited: \(ours == reference), at capacity: \(oursTight == reference))"
+      )
+      mismatches += 1
+    }
+    let dtcLayout = try! writeSwift(.dtc)
+    let dtcTight = try! writeSwift(.dtc, capacity: dtcLayout.count + 4)
+    if dtcLayout != dtcTight {
+      print("tree \(t): dtc layout differs after failed attempts")
+      mismatches += 1
+    }
+    if let directory {
+      func save(_ bytes: [UInt8], _ path: String) {
+        let f = fopen(path, "wb")!
+        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+        fclose(f)
+      }
+      save(reference, "\(directory)/\(t).libfdt.dtb")
+      save(dtcLayout, "\(directory)/\(t).ours-dtc.dtb")
+    }
+  }
+  print("verify: \(count) random trees, \(mismatches) mismatches")
+  return mismatches == 0 ? 0 : 1
+}
+
+struct SplitMix {
+  var state: UInt64
+  init(seed: UInt64) { state = seed }
+  mutating func next() -> UInt64 {
+    state &+= 0x9e37_79b9_7f4a_7c15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+    z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+    return z ^ (z >> 31)
+  }
+}
