@@ -217,19 +217,24 @@ public final class KHOOutgoing: Sendable {
     // A blob's totalsize is 32 bits; a larger buffer could never be used.
     var capacity = Int(min(dtMax, UInt64(UInt32.max)))
     let limit = max(capacity, Self.growthLimit)
-    for attempt in 1...Self.maxAttempts {
+    var attempt = 1
+    while true {
       do throws(SerializeError) {
         return try dumpOnce(capacity: capacity)
-      } catch .noSpace where attempt < Self.maxAttempts && capacity < limit {
+      } catch .noSpace {
+        guard attempt < Self.maxAttempts, capacity < limit else {
+          throw .noSpace(capacity: capacity, attempts: attempt)
+        }
+        // Subsystems may have taken resources during the failed DUMP.
         var none: FDTWriter? = nil
         notifiers.call(.abort, &none)
         let next = min(max(capacity * 2, 4096), limit)
         logger.notice(
-          "KHO blob does not fit in dt_max (\(capacity) bytes); retrying with \(next) bytes")
+          "KHO blob does not fit in \(capacity) bytes (dt_max); retrying with \(next) bytes")
         capacity = next
+        attempt += 1
       }
     }
-    throw .noSpace(capacity: capacity, attempts: Self.maxAttempts)
   }
 
   /// One pass of the seed's sequence with a buffer of `capacity` bytes.

@@ -40,7 +40,13 @@ public enum KernelParsing {
   /// - Throws: ``KHOErrno/invalidArgument`` for anything else, the empty
   ///   string included.
   public static func kstrtobool(_ text: some StringProtocol) throws(KHOErrno) -> Bool {
-    let bytes = cString(text)
+    try kstrtobool(bytes: Array(text.utf8))
+  }
+
+  /// ``kstrtobool(_:)`` on raw bytes, as a sysfs store receives them; a NUL
+  /// ends the input.
+  public static func kstrtobool(bytes input: [UInt8]) throws(KHOErrno) -> Bool {
+    let bytes = input.prefix { $0 != 0 }
     switch bytes.first {
     case UInt8(ascii: "1"), UInt8(ascii: "y"), UInt8(ascii: "Y"), UInt8(ascii: "t"),
       UInt8(ascii: "T"):
@@ -71,7 +77,14 @@ public enum KernelParsing {
   public static func kstrtoull(_ text: some StringProtocol, base: UInt32 = 0) throws(KHOErrno)
     -> UInt64
   {
-    var bytes = cString(text)[...]
+    try kstrtoull(bytes: Array(text.utf8), base: base)
+  }
+
+  /// ``kstrtoull(_:base:)`` on raw bytes, as a sysfs store receives them; a
+  /// NUL ends the input.
+  public static func kstrtoull(bytes input: [UInt8], base: UInt32 = 0) throws(KHOErrno) -> UInt64 {
+    precondition(base == 0 || (2...16).contains(base), "base must be 0 or 2...16")
+    var bytes = input.prefix { $0 != 0 }
     if bytes.first == UInt8(ascii: "+") { bytes = bytes.dropFirst() }
     var radix = base
     let start = fixupRadix(bytes, &radix)
