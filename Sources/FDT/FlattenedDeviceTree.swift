@@ -12,11 +12,26 @@
 /// print(tree.root.property("compatible")?.string ?? "")  // kho-v1
 /// ```
 public struct FlattenedDeviceTree: Sendable {
+  /// The blob and what validation found, shared by the tree and every node
+  /// and property taken from it (which are then two words each).
+  @usableFromInline
+  final class Storage: Sendable {
+    @usableFromInline let bytes: [UInt8]
+    @usableFromInline let layout: ValidatedLayout
+
+    init(bytes: [UInt8], layout: ValidatedLayout) {
+      self.bytes = bytes
+      self.layout = layout
+    }
+  }
+
+  @usableFromInline let storage: Storage
+
   /// The blob, exactly as given (bytes past `totalsize` included).
-  public let bytes: [UInt8]
+  public var bytes: [UInt8] { storage.bytes }
   /// The decoded header.
-  public let header: FDTHeader
-  let layout: ValidatedLayout
+  public var header: FDTHeader { storage.layout.header }
+  @usableFromInline var layout: ValidatedLayout { storage.layout }
 
   /// Validates `bytes` and opens it.
   ///
@@ -29,9 +44,7 @@ public struct FlattenedDeviceTree: Sendable {
         return .failure(error)
       }
     }
-    self.layout = try result.get()
-    self.bytes = bytes
-    self.header = layout.header
+    self.storage = Storage(bytes: bytes, layout: try result.get())
   }
 
   /// Checks `buffer` as `init(bytes:)` does, without copying it.
@@ -77,11 +90,12 @@ public struct FlattenedDeviceTree: Sendable {
     return node
   }
 
-  @inline(__always)
+  @inlinable @inline(__always)
   func withTrusted<R>(_ body: (TrustedBytes) throws -> R) rethrows -> R {
-    try bytes.withUnsafeBytes { try body(TrustedBytes($0)) }
+    try storage.bytes.withUnsafeBytes { try body(TrustedBytes($0)) }
   }
 
+  @usableFromInline
   func string(at offset: Int, end: Int) -> String {
     withTrusted { b in
       let nul = b.nul(from: offset, before: end) ?? end
@@ -99,22 +113,22 @@ public enum FDTWalkEvent {
 
 extension FlattenedDeviceTree {
   /// Visits every node and property in order, in one linear pass.
+  @inlinable
   public func walk<E: Error>(_ visit: (FDTWalkEvent) throws(E) -> Void) throws(E) {
+    let layout = storage.layout
     var at = layout.structStart
     while true {
       let token = withTrusted { $0.u32(at) }
       switch token {
       case FDTToken.beginNode.rawValue:
-        let node = FDTNode(tree: self, offset: at)
-        try visit(.beginNode(node))
-        at = node.contentOffset
+        try visit(.beginNode(FDTNode(tree: self, offset: at)))
+        at = withTrusted { b in alignUp4(b.nul(from: at + 4, before: layout.structEnd)! + 1) }
       case FDTToken.endNode.rawValue:
         try visit(.endNode)
         at += 4
       case FDTToken.property.rawValue:
-        let property = FDTProperty(tree: self, offset: at)
-        try visit(.property(property))
-        at = property.nextOffset
+        try visit(.property(FDTProperty(tree: self, offset: at)))
+        at = withTrusted { b in alignUp4(at + 12 + Int(b.u32(at + 4))) }
       case FDTToken.nop.rawValue:
         at += 4
       default:  // FDT_END: validation guarantees nothing else.
@@ -129,6 +143,12 @@ public struct FDTNode: Sendable {
   public let tree: FlattenedDeviceTree
   /// The absolute offset of the node's FDT_BEGIN_NODE token.
   public let offset: Int
+
+  @usableFromInline
+  init(tree: FlattenedDeviceTree, offset: Int) {
+    self.tree = tree
+    self.offset = offset
+  }
 
   private var nameStart: Int { offset + 4 }
 
@@ -217,10 +237,18 @@ public struct FDTProperty: Sendable {
   /// The absolute offset of the property's FDT_PROP token.
   public let offset: Int
 
-  private var length: Int { Int(tree.withTrusted { $0.u32(offset + 4) }) }
+  @usableFromInline
+  init(tree: FlattenedDeviceTree, offset: Int) {
+    self.tree = tree
+    self.offset = offset
+  }
+
+  @usableFromInline
+  var length: Int { Int(tree.withTrusted { $0.u32(offset + 4) }) }
   private var nameOffset: Int { Int(tree.withTrusted { $0.u32(offset + 8) }) }
 
   /// The absolute range of the value in the blob.
+  @inlinable
   public var valueRange: Range<Int> { (offset + 12)..<(offset + 12 + length) }
 
   var nextOffset: Int { alignUp(offset + 12 + length, 4) }
@@ -234,11 +262,12 @@ public struct FDTProperty: Sendable {
   public var value: ArraySlice<UInt8> { tree.bytes[valueRange] }
 
   /// Calls `body` with the value's bytes, without copying them.
+  @inlinable
   public func withValueBytes<R, E: Error>(
     _ body: (UnsafeRawBufferPointer) throws(E) -> R
   ) throws(E) -> R {
     let range = valueRange
-    let result: Result<R, E> = tree.bytes.withUnsafeBytes { all in
+    let result: Result<R, E> = tree.storage.bytes.withUnsafeBytes { all in
       do throws(E) {
         return .success(try body(UnsafeRawBufferPointer(rebasing: all[range])))
       } catch {
@@ -286,3 +315,7 @@ public struct FDTProperty: Sendable {
     native(T.self)?.map { T(bigEndian: $0) }
   }
 }
+
+/// `alignUp(value, 4)`, for inlinable code.
+@usableFromInline @inline(__always)
+func alignUp4(_ value: Int) -> Int { (value + 3) & ~3 }

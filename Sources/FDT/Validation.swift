@@ -64,12 +64,13 @@ enum UnalignedWord {
 }
 
 /// The layout a validated blob was found to have.
-struct ValidatedLayout {
+@usableFromInline
+struct ValidatedLayout: Sendable {
   var header: FDTHeader
   var reservationCount: Int
   /// Absolute bounds of the structure and strings blocks.
-  var structStart: Int
-  var structEnd: Int
+  @usableFromInline var structStart: Int
+  @usableFromInline var structEnd: Int
   var stringsStart: Int
   var stringsEnd: Int
   var nodeCount: Int
