@@ -8,10 +8,13 @@ let package = Package(
     .library(name: "KHO", targets: ["KHO"]),
     .library(name: "KHORuntime", targets: ["KHORuntime"]),
     .executable(name: "kho", targets: ["kho"]),
+    .library(name: "KHOCacheStore", targets: ["KHOCacheStore"]),
+    .executable(name: "kho-cache", targets: ["kho-cache"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
     // The flattened device tree format alone: writer, validating reader, DTS printer.
@@ -62,6 +65,28 @@ let package = Package(
     .testTarget(name: "FDTTests", dependencies: ["FDT"]),
     .testTarget(name: "KHOTests", dependencies: ["KHO"]),
     .testTarget(name: "KHORuntimeTests", dependencies: ["KHORuntime"]),
+
+    // kho-cache: a memcached-protocol cache whose whole state lives in one
+    // caller-given region (the KHO arena in production), addressed by offsets.
+    .target(name: "KHOCacheStore"),
+    .target(
+      name: "KHOCacheServer",
+      dependencies: [
+        "KHOCacheStore",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
+    .executableTarget(
+      name: "kho-cache",
+      dependencies: [
+        "KHOCacheStore", "KHOCacheServer",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    .testTarget(name: "KHOCacheStoreTests", dependencies: ["KHOCacheStore"]),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,4 @@
+import NIOCore
+import NIOPosix
+import KHOCacheStore
+public enum CacheServerStub {}

@@ -1,0 +1,195 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// A memcached-like cache whose whole state (hash index, items, LRUs, slab
+/// allocator, CAS counter, cache clock, counters) lives inside one
+/// caller-given memory region, addressed by offsets from its base.
+///
+/// Cold start: `format(region:itemSizeMax:)`. After a handover, the next
+/// process maps the same memory (at any address) and calls
+/// `attach(region:)`, which checks the header in O(1) of the item count and
+/// uses everything as it is.
+///
+/// ```swift
+/// let store = try CacheStore.format(region: region)
+/// _ = try store.set("k", value: Array("v".utf8))
+/// store.freeze()                 // the KHO DUMP notifier
+/// // ... exec; in the next image:
+/// let again = try CacheStore.attach(region: sameMemoryMappedElsewhere)
+/// ```
+///
+/// Thread safety: every operation takes one short lock (a pthread mutex);
+/// the operations do no I/O and allocate nothing on the Swift heap except
+/// incr/decr's few digits.
+///
+/// Freeze: `freeze()` waits for the operation in progress, records the cache
+/// clock and marks the header frozen. From then on, mutating operations
+/// (set and every storage command, delete, incr/decr, touch, gat/gats,
+/// flush_all) throw `CacheOperationError.frozen` without touching the
+/// region, and reads (get/gets, stats) still answer but write nothing (no
+/// LRU move, no counter, no lazy unlink of expired items). The protocol
+/// layer turns `.frozen` into a wait (see `KHOCacheServer`). `unfreeze()`
+/// (KHO ABORT) undoes it; the next image's `attach` finds the header frozen,
+/// which proves no mutation was cut in the middle, and marks it live.
+public final class CacheStore: @unchecked Sendable {
+  /// The version written in the header; `attach` refuses any other.
+  public static let formatVersion: UInt32 = 1
+  /// The KHO node's compatible string for this format.
+  public static let compatible = "kho-cache-v1"
+  /// memcached's default item size limit (`-I 1m`).
+  public static let defaultItemSizeMax = 1 << 20
+
+  /// The region the store lives in.
+  public let region: CacheRegion
+  // `core` is only touched with `lock` held: that is what makes the
+  // @unchecked Sendable above true.
+  private let core: StoreCore
+  private let lock: StoreLock
+
+  private init(region: CacheRegion, core: StoreCore) {
+    self.region = region
+    self.core = core
+    self.lock = StoreLock()
+  }
+
+  // MARK: Creating and attaching
+
+  /// The region size to ask for so that about `memoryLimit` bytes hold
+  /// items (memcached's `-m`), plus the header and the hash index.
+  public static func regionSize(memoryLimit: Int, itemSizeMax: Int = defaultItemSizeMax) -> Int {
+    let pageSize = Geometry.pageSize(itemSizeMax: itemSizeMax)
+    let pages = max(1, (memoryLimit + pageSize - 1) / pageSize)
+    let index = alignUp(Header.size + Geometry.bucketCount(forItemBytes: memoryLimit) * 8, 4096)
+    return alignUp(index + pages, 4096) + pages * pageSize
+  }
+
+  /// Cold start: lays out an empty store over the whole region, overwriting
+  /// whatever it held. O(region's index size), done once.
+  ///
+  /// - Parameters:
+  ///   - region: the memory, mapped shared and read-write.
+  ///   - itemSizeMax: the largest item (header + key + value), memcached's `-I`.
+  ///   - clock: where time comes from; `.system` outside tests.
+  /// - Throws: `CacheRegionError` when the region or the limit is unusable.
+  public static func format(
+    region: CacheRegion, itemSizeMax: Int = defaultItemSizeMax, clock: CacheClockSource = .system
+  ) throws(CacheRegionError) -> CacheStore {
+    guard (1024...(1 << 30)).contains(itemSizeMax) else { throw .invalidItemSizeMax(itemSizeMax) }
+    guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
+    guard let geometry = Geometry.plan(regionSize: region.size, itemSizeMax: itemSizeMax) else {
+      throw .regionTooSmall(size: region.size)
+    }
+    let memory = RegionMemory(base: region.base, size: region.size)
+    memory.mutableBytes(0, geometry.slabOffset).initializeMemory(as: UInt8.self, repeating: 0)
+    geometry.write(to: memory)
+    memory.setU32(Header.state, Header.stateLive)
+    memory.setU64(Header.clock, CacheLimits.clockStart)
+    let core = StoreCore(
+      memory: memory, geometry: geometry,
+      clock: CacheClock(source: clock, resumingAt: CacheLimits.clockStart))
+    return CacheStore(region: region, core: core)
+  }
+
+  /// After a handover: checks the header (magic, version, size, geometry
+  /// checksum and layout, allocator and LRU anchors, the frozen mark) and
+  /// uses the store as it is. No per-item work: O(size classes).
+  ///
+  /// - Parameters:
+  ///   - region: the same bytes `format` was given, mapped anywhere.
+  ///   - clock: where time comes from; the cache clock resumes from the
+  ///     value the previous owner recorded.
+  ///   - requireFrozen: refuse a store its previous owner did not freeze
+  ///     (true by default: only a frozen store is known to be consistent).
+  /// - Throws: `CacheRegionError` naming the first problem found.
+  public static func attach(
+    region: CacheRegion, clock: CacheClockSource = .system, requireFrozen: Bool = true
+  ) throws(CacheRegionError) -> CacheStore {
+    guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
+    let memory = RegionMemory(base: region.base, size: region.size)
+    let geometry = try Geometry.read(from: memory)
+    try checkDynamicState(memory, geometry, requireFrozen: requireFrozen)
+    memory.setU32(Header.state, Header.stateLive)
+    let core = StoreCore(
+      memory: memory, geometry: geometry,
+      clock: CacheClock(source: clock, resumingAt: memory.u64(Header.clock)))
+    return CacheStore(region: region, core: core)
+  }
+
+  // MARK: KHO integration
+
+  /// The format version, for the KHO node.
+  public var formatVersion: UInt32 { Self.formatVersion }
+
+  /// The memory to preserve: the whole region, as one range relative to
+  /// its base.
+  public var memoryRanges: [CacheMemoryRange] { [CacheMemoryRange(offset: 0, length: region.size)] }
+
+  /// The largest item accepted (header + key + value).
+  public var itemSizeMax: Int { core.geometry.itemSizeMax }
+
+  /// Bytes of slab pages, memcached's `limit_maxbytes`.
+  public var limitMaxBytes: Int { core.geometry.pageCount * core.geometry.pageSize }
+
+  /// Whether `freeze()` is in force.
+  public var isFrozen: Bool { locked { $0.frozen } }
+
+  /// Stops every mutation for a handover (the KHO DUMP step): waits for the
+  /// operation in progress, records the cache clock, marks the header
+  /// frozen. Idempotent.
+  public func freeze() {
+    locked { core in
+      core.memory.setU64(Header.clock, max(core.memory.u64(Header.clock), UInt64(core.now)))
+      core.memory.setU32(Header.state, Header.stateFrozen)
+      core.frozen = true
+    }
+  }
+
+  /// Lifts `freeze()` (the KHO ABORT step). Idempotent.
+  public func unfreeze() {
+    locked { core in
+      core.frozen = false
+      core.memory.setU32(Header.state, Header.stateLive)
+    }
+  }
+
+  // MARK: Locking
+
+  @inline(__always) func locked<R, E: Error>(_ body: (StoreCore) throws(E) -> R) throws(E) -> R {
+    lock.lock()
+    defer { lock.unlock() }
+    core.tick()
+    return try body(core)
+  }
+
+  @inline(__always) func mutating<R>(
+    _ key: UnsafeRawBufferPointer?, _ body: (StoreCore) throws(CacheOperationError) -> R
+  ) throws(CacheOperationError) -> R {
+    if let key, key.isEmpty || key.count > CacheLimits.maxKeyLength { throw .badKey }
+    return try locked { core throws(CacheOperationError) in
+      guard !core.frozen else { throw .frozen }
+      return try body(core)
+    }
+  }
+}
+
+/// A pthread mutex on the heap (a stable address, as pthread requires).
+final class StoreLock: @unchecked Sendable {
+  private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+  init() {
+    mutex = .allocate(capacity: 1)
+    mutex.initialize(to: pthread_mutex_t())
+    pthread_mutex_init(mutex, nil)
+  }
+
+  deinit {
+    pthread_mutex_destroy(mutex)
+    mutex.deallocate()
+  }
+
+  @inline(__always) func lock() { pthread_mutex_lock(mutex) }
+  @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
+}

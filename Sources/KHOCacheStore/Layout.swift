@@ -1,0 +1,139 @@
+// The byte layout of a cache region, format version 1.
+//
+// Everything inside the region is addressed by byte offsets from its base, so
+// a process that maps the same memory at another address uses it as is. All
+// multi-byte fields are native-endian and naturally aligned (every offset
+// below is a multiple of its field's size, chunks are multiples of 8).
+//
+//   [0, headerSize)            header: geometry, counters, class table
+//   [hashOffset, +8*buckets)   hash index: bucket heads (item offsets, 0 = empty)
+//   [pageTableOffset, +pages)  one byte per slab page: its class id, 0 = unused
+//   [slabOffset, +pages*page)  slab pages, each cut into chunks of one class
+//
+// Offset 0 is the header, so 0 never names an item: it means "none".
+
+/// Offsets of the header fields.
+enum Header {
+  static let magic = 0  // 8 bytes "KHOCACHE"
+  static let version = 8  // u32
+  static let headerSize = 12  // u32
+  static let regionSize = 16  // u64
+  static let itemSizeMax = 24  // u64
+  static let pageSize = 32  // u64
+  static let bucketCount = 40  // u64, a power of two
+  static let hashOffset = 48  // u64
+  static let pageTableOffset = 56  // u64
+  static let slabOffset = 64  // u64
+  static let pageCount = 72  // u64
+  static let classCount = 80  // u32
+  static let geometryEnd = 88  // the checksum covers [0, 88) and the class geometry
+  static let checksum = 88  // u64
+  static let state = 96  // u32: 0 live, 1 frozen
+  static let pagesUsed = 104  // u64
+  static let casCounter = 112  // u64: the last CAS handed out
+  static let clock = 120  // u64: cache clock, seconds
+  static let oldestLive = 128  // u64: flush_all horizon (0 = none)
+  static let oldestCas = 136  // u64: items with a smaller CAS are flushed
+  static let stats = 144  // StatCounter.count × u64
+  static let classTable = 1024  // ClassField.size × maxClasses
+  static let size = 8192
+
+  static let magicBytes: [UInt8] = Array("KHOCACHE".utf8)
+  static let stateLive: UInt32 = 0
+  static let stateFrozen: UInt32 = 1
+}
+
+/// Offsets inside one entry of the class table.
+enum ClassField {
+  static let chunkSize = 0  // u64
+  static let perPage = 8  // u64
+  static let freeHead = 16  // u64: chunk offset
+  static let freeCount = 24  // u64
+  static let lruHead = 32  // u64: most recently used
+  static let lruTail = 40  // u64: least recently used
+  static let itemCount = 48  // u64
+  static let pageCount = 56  // u64
+  static let size = 64
+}
+
+/// Offsets inside an item (and a free chunk, which uses `hashNext` as its link).
+enum ItemField {
+  static let hashNext = 0  // u64
+  static let lruPrev = 8  // u64
+  static let lruNext = 16  // u64
+  static let cas = 24  // u64
+  static let exptime = 32  // u32, cache clock; 0 = never
+  static let time = 36  // u32, cache clock of the last access
+  static let flags = 40  // u32
+  static let valueLength = 44  // u32
+  static let hash = 48  // u32
+  static let keyLength = 52  // u8
+  static let classId = 53  // u8
+  static let itemFlags = 54  // u8
+  static let headerSize = 56  // key bytes follow, then value bytes
+
+  static let linked: UInt8 = 1
+  /// Set only inside one locked operation, so that an allocation it makes
+  /// cannot evict the item it is still reading; never set when the lock is free.
+  static let pinned: UInt8 = 2
+}
+
+/// Counters kept in the header, so that they survive a handover.
+enum StatCounter: Int, CaseIterable {
+  case currItems, totalItems, bytes, evictions, reclaimed
+  case cmdGet, cmdSet, cmdFlush, cmdTouch
+  case getHits, getMisses, getExpired, getFlushed
+  case deleteHits, deleteMisses, incrHits, incrMisses, decrHits, decrMisses
+  case casHits, casMisses, casBadval, touchHits, touchMisses
+  case storeTooLarge, storeNoMemory
+}
+
+/// Limits of the format.
+public enum CacheLimits {
+  /// memcached's KEY_MAX_LENGTH.
+  public static let maxKeyLength = 250
+  /// Class ids are one byte and 0 means "unused page"; memcached has 63 too.
+  static let maxClasses = 63
+  /// memcached's REALTIME_MAXDELTA: exptimes above it are absolute unix times.
+  static let relativeExptimeMax: Int64 = 60 * 60 * 24 * 30
+  /// The cache clock starts here so that 1 always means "already expired".
+  static let clockStart: UInt64 = 2
+  /// memcached's ITEM_UPDATE_INTERVAL: an item is moved to the LRU head at
+  /// most this often, which keeps hot reads from rewriting the list.
+  static let lruBumpInterval: UInt32 = 60
+}
+
+/// Raw, unchecked access to the region. Bounds are established once by
+/// `format` or `attach`; after that, offsets come from validated geometry.
+struct RegionMemory {
+  let base: UnsafeMutableRawPointer
+  let size: Int
+
+  @inline(__always) func u64(_ offset: Int) -> UInt64 {
+    base.load(fromByteOffset: offset, as: UInt64.self)
+  }
+  @inline(__always) func setU64(_ offset: Int, _ value: UInt64) {
+    base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+  }
+  @inline(__always) func u32(_ offset: Int) -> UInt32 {
+    base.load(fromByteOffset: offset, as: UInt32.self)
+  }
+  @inline(__always) func setU32(_ offset: Int, _ value: UInt32) {
+    base.storeBytes(of: value, toByteOffset: offset, as: UInt32.self)
+  }
+  @inline(__always) func u8(_ offset: Int) -> UInt8 {
+    base.load(fromByteOffset: offset, as: UInt8.self)
+  }
+  @inline(__always) func setU8(_ offset: Int, _ value: UInt8) {
+    base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
+  }
+  @inline(__always) func off(_ offset: Int) -> Int { Int(truncatingIfNeeded: u64(offset)) }
+  @inline(__always) func setOff(_ offset: Int, _ value: Int) { setU64(offset, UInt64(value)) }
+  @inline(__always) func bytes(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(start: base + offset, count: count)
+  }
+  @inline(__always) func mutableBytes(_ offset: Int, _ count: Int) -> UnsafeMutableRawBufferPointer
+  {
+    UnsafeMutableRawBufferPointer(start: base + offset, count: count)
+  }
+}

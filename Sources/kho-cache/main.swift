@@ -1,0 +1,3 @@
+import KHOCacheServer
+import ArgumentParser
+print("stub")

@@ -1,0 +1,3 @@
+import Testing
+import KHOCacheStore
+@Test func stub() {}
