@@ -116,17 +116,28 @@ final class EventCounter: Sendable {
   }
 
   @Test func noSpaceGrowsAndRetries() throws {
-    let kho = KHOOutgoing(scratch: scratch, dtMax: 256)
+    let kho = KHOOutgoing(scratch: scratch, dtMax: 4096)
     let counter = EventCounter()
-    try kho.register(cacheNotifier(counter, payload: 3000))
+    try kho.register(cacheNotifier(counter, payload: 20000))
     try kho.serialize()
     #expect(kho.isActive)
     let dt = try #require(kho.dt)
-    #expect(dt.node(atPath: "/cache")?.property("blob")?.value.count == 3000)
-    // 256 → 512 → 1024 → 2048 → 4096: five DUMPs, four ABORTs between them.
-    #expect(counter.dumps == 5)
-    #expect(counter.aborts == 4)
-    #expect(kho.dtMax == 256)
+    #expect(dt.node(atPath: "/cache")?.property("blob")?.value.count == 20000)
+    // 4K → 8K → 16K → 32K: four DUMPs, three ABORTs between them.
+    #expect(counter.dumps == 4)
+    #expect(counter.aborts == 3)
+    #expect(kho.dtMax == 4096)
+  }
+
+  @Test func smallDTMaxGrowsToAtLeastAPage() throws {
+    let kho = KHOOutgoing(scratch: scratch, dtMax: 64)
+    let counter = EventCounter()
+    try kho.register(cacheNotifier(counter))
+    try kho.serialize()
+    // 64 bytes cannot even hold the root: the first try fails before DUMP.
+    #expect(counter.dumps == 1)
+    #expect(counter.aborts == 1)
+    #expect(kho.dt != nil)
   }
 
   @Test func zeroDTMaxStillGrows() throws {
@@ -145,7 +156,7 @@ final class EventCounter: Sendable {
         if writer.capacity ?? 0 < 8192 { throw KHOErrno.noSpace }
       })
     try kho.serialize()
-    #expect(counter.dumps == 4)  // 1K, 2K, 4K, 8K
+    #expect(counter.dumps == 3)  // 1K, then at least 4K, then 8K
   }
 
   @Test func givesUpAfterTheAttemptLimit() throws {
