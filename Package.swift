@@ -87,6 +87,12 @@ let package = Package(
       ]
     ),
     .testTarget(name: "KHOCacheStoreTests", dependencies: ["KHOCacheStore"]),
+
+    // The control file system: the FUSE kernel protocol spoken on /dev/fuse
+    // directly, so the next image goes on serving the same connection.
+    .target(name: "CFUSEKernel"),
+    .target(name: "KHOControlFS", dependencies: ["CFUSEKernel"]),
+    .testTarget(name: "KHOControlFSTests", dependencies: ["KHOControlFS"]),
   ],
   swiftLanguageModes: [.v6]
 )

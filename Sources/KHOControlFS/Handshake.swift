@@ -1,0 +1,93 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+import CFUSEKernel
+
+/// FUSE_INIT, which the kernel sends once per connection, right after the
+/// mount: the negotiation whose outcome ``ControlConnectionState`` carries
+/// to the next images.
+enum Handshake {
+  /// The largest WRITE we ask for. It must exceed one page so that a write
+  /// of more than 4096 bytes reaches us whole (or as a first request over a
+  /// page) and fails with E2BIG, instead of being split into page-sized
+  /// requests that would each succeed.
+  static let maxWrite: UInt32 = 65536
+  /// The oldest protocol we speak: 7.26 (Linux 4.18) has every message we use
+  /// in its present layout.
+  static let minimumMinor: UInt32 = 26
+  /// What we ask for: O_TRUNC passed in OPEN instead of a SETATTR, and
+  /// writes larger than a page.
+  static let wantedFlags = UInt64(FUSE_ATOMIC_O_TRUNC) | UInt64(FUSE_BIG_WRITES)
+  /// How long to wait for FUSE_INIT after mounting.
+  static let timeoutMilliseconds: Int32 = 10_000
+
+  /// Answers the connection's FUSE_INIT and returns what was agreed.
+  static func initialize(fd: Int32, mountPoint: String) throws(ControlMountError)
+    -> ControlConnectionState
+  {
+    var buffer = [UInt8](repeating: 0, count: Int(maxWrite) + Int(FUSE_MIN_READ_BUFFER))
+    while true {
+      let request = try readInit(fd: fd, buffer: &buffer)
+      let offered = request.paddedArgument(fuse_init_in.self)
+      if offered.major > FUSE_KERNEL_VERSION {
+        // The kernel resends INIT with our major version.
+        try send(fd, replyMessage(unique: request.header.unique, payload: bytes(of: initOut(minor: 0, flags: 0))))
+        continue
+      }
+      let minor = min(offered.minor, UInt32(FUSE_KERNEL_MINOR_VERSION))
+      guard offered.major == FUSE_KERNEL_VERSION, minor >= minimumMinor else {
+        try send(fd, replyMessage(unique: request.header.unique, errno: EPROTO))
+        throw .protocolMismatch("kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)")
+      }
+      let flags = wantedFlags & kernelFlags(offered)
+      let reply = initOut(minor: minor, flags: flags)
+      try send(fd, replyMessage(unique: request.header.unique, payload: bytes(of: reply)))
+      return ControlConnectionState(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
+    }
+  }
+
+  /// The kernel's flags, flags2 in the high half when it has them.
+  private static func kernelFlags(_ offered: fuse_init_in) -> UInt64 {
+    let extended = offered.flags & UInt32(FUSE_INIT_EXT) != 0
+    return UInt64(offered.flags) | (extended ? UInt64(offered.flags2) << 32 : 0)
+  }
+
+  /// Our FUSE_INIT reply.
+  private static func initOut(minor: UInt32, flags: UInt64) -> fuse_init_out {
+    var out = fuse_init_out()
+    out.major = UInt32(FUSE_KERNEL_VERSION)
+    out.minor = minor == 0 ? UInt32(FUSE_KERNEL_MINOR_VERSION) : minor
+    out.flags = UInt32(truncatingIfNeeded: flags)
+    out.flags2 = UInt32(truncatingIfNeeded: flags >> 32)
+    out.max_readahead = 0
+    out.max_background = 16
+    out.congestion_threshold = 12
+    out.max_write = maxWrite
+    out.time_gran = 1
+    return out
+  }
+
+  /// Reads the first request, which must be FUSE_INIT, waiting at most
+  /// ``timeoutMilliseconds``.
+  private static func readInit(fd: Int32, buffer: inout [UInt8]) throws(ControlMountError) -> Request {
+    var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    let ready = try systemCall("poll /dev/fuse") { poll(&poller, 1, timeoutMilliseconds) }
+    guard ready > 0 else { throw .protocolMismatch("no FUSE_INIT within \(timeoutMilliseconds) ms") }
+    let result: Result<Int, Errno> = buffer.withUnsafeMutableBytes { raw in
+      systemCall { read(fd, raw.baseAddress, raw.count) }
+    }
+    let count = try result.mapError { ControlMountError.system("read /dev/fuse", errno: $0.code) }.get()
+    guard let request = buffer.withUnsafeBytes({ Request(UnsafeRawBufferPointer(rebasing: $0[..<count])) }),
+      request.header.opcode == FUSE_INIT.rawValue
+    else { throw .protocolMismatch("first message is not FUSE_INIT") }
+    return request
+  }
+
+  /// Writes one reply, throwing on failure.
+  private static func send(_ fd: Int32, _ message: [UInt8]) throws(ControlMountError) {
+    let error = writeMessage(fd, message)
+    if error != 0 { throw .system("write /dev/fuse", errno: error) }
+  }
+}
