@@ -54,10 +54,15 @@ public final class KHOAttributes: Sendable {
 
   /// The paths of the files.
   public enum Path {
+    /// `0600`: `"0\n"`/`"1\n"`; write to serialize or abort.
     public static let active = "kernel/kho/active"
+    /// `0600`: the blob buffer size, `"0x%llx\n"`.
     public static let dtMax = "kernel/kho/dt_max"
+    /// `0400`: the scratch region's length, `"0x%llx\n"`.
     public static let scratchLength = "kernel/kho/scratch_len"
+    /// `0400`: the scratch region's arena offset, `"0x%llx\n"`.
     public static let scratchPhysical = "kernel/kho/scratch_phys"
+    /// `0400`: the serialized blob, while active.
     public static let dt = "kernel/kho/dt"
     /// The incoming blob, after a KHO boot.
     public static let firmwareDT = "firmware/kho/dt"
@@ -164,7 +169,7 @@ public final class KHOAttributes: Sendable {
 
   /// `active_show`: `"0\n"` or `"1\n"`.
   public static func activeShow(_ kho: KHOOutgoing) -> [UInt8] {
-    Array((kho.isActive ? "1\n" : "0\n").utf8)
+    Array((kho.isActiveSettled ? "1\n" : "0\n").utf8)
   }
 
   /// `active_store`: kstrtobool, else EINVAL; no scratch: ENOMEM (for 0

@@ -195,7 +195,9 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
         abort()
         return .done
       case .dump:
-        guard writer != nil else { return NotifierResult(errno: -KHOErrno.invalidArgument.rawValue) }
+        guard writer != nil else {
+          return NotifierResult(errno: -KHOErrno.invalidArgument.rawValue)
+        }
         do {
           try dump(&writer!)
           return .ok

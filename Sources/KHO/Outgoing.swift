@@ -114,6 +114,10 @@ public final class KHOOutgoing: Sendable {
   }
 
   /// `register_kho_notifier`.
+  ///
+  /// DUMP and ABORT run under the outgoing lock: a notifier may read
+  /// ``isActive`` but must not call ``serialize()``, ``abort()``, ``dt``,
+  /// ``dtMax`` or ``setDTMax(_:)``.
   public func register(_ notifier: KHONotifier) throws(NotifierError) {
     try notifiers.register(notifier)
   }
@@ -126,6 +130,10 @@ public final class KHOOutgoing: Sendable {
   /// `kho_is_active`: true from the start of a serialize until abort.
   /// Lock-free, so callable from a notifier.
   public var isActive: Bool { gate.load(ordering: .acquiring) & Self.frozen != 0 }
+
+  /// ``isActive`` as seen under the lock, as the seed's `active_show`
+  /// reads it: a serialize in progress is waited for.
+  var isActiveSettled: Bool { state.withLock { _ in isActive } }
 
   /// The blob, while active.
   public var dt: FlattenedDeviceTree? { state.withLock { $0.dt } }

@@ -132,7 +132,7 @@ public final class PageAllocator: Sendable {
     -> Range<UInt64>
   {
     let result: Result<Range<UInt64>, AllocatorError> = state.withLock { state in
-      let limit = Self.intersect(state.window ?? managed, within ?? managed)
+      let limit = pageAlignedInward(Self.intersect(state.window ?? managed, within ?? managed))
       for (i, extent) in state.free.enumerated() {
         let usable = Self.intersect(extent, limit)
         guard usable.length >= bytes else { continue }
@@ -211,6 +211,16 @@ public final class PageAllocator: Sendable {
         largestFreeRun: state.free.map(\.length).max() ?? 0,
         freeRuns: state.free.count)
     }
+  }
+
+  /// `range` shrunk to whole pages, so that every allocation stays aligned
+  /// even inside an unaligned window.
+  private func pageAlignedInward(_ range: Range<UInt64>) -> Range<UInt64> {
+    let mask = pageSize - 1
+    let low = range.lowerBound & ~mask
+    let start = low == range.lowerBound ? low : low &+ pageSize
+    let end = range.upperBound & ~mask
+    return start < end ? start..<end : start..<start
   }
 
   private func check(_ range: Range<UInt64>) throws(AllocatorError) {

@@ -178,8 +178,9 @@ import Testing
     #expect(try a.read(P.dt, offset: UInt64(blob.count), count: 16) == [])
     #expect(try a.read(P.dt, offset: UInt64(blob.count) - 2, count: 16) == Array(blob.suffix(2)))
     #expect(try a.read(P.dt, offset: UInt64.max, count: 16) == [])
-    #expect(try FlattenedDeviceTree(bytes: a.read(P.dt, offset: 0, count: blob.count)).root
-      .property("compatible")?.string == "kho-v1")
+    #expect(
+      try FlattenedDeviceTree(bytes: a.read(P.dt, offset: 0, count: blob.count)).root
+        .property("compatible")?.string == "kho-v1")
     try a.write(P.active, bytes("0"))
     #expect(throws: KHOErrno.noSuchFile) { try a.read(P.dt, offset: 0, count: 4096) }
   }

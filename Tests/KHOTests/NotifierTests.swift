@@ -38,7 +38,9 @@ final class CallLog: Sendable {
     #expect(NotifierResult.bad.errno == -1)
   }
 
-  private func block(_ name: String, _ priority: Int32, _ log: CallLog, result: NotifierResult = .ok)
+  private func block(
+    _ name: String, _ priority: Int32, _ log: CallLog, result: NotifierResult = .ok
+  )
     -> NotifierBlock<Int, Int>
   {
     NotifierBlock(name: name, priority: priority) { _, data in

@@ -1,12 +1,12 @@
 import FDT
-
-#if canImport(Glibc)
-  import Glibc
-#endif
 import Synchronization
 import Testing
 
 @testable import KHO
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 /// Counts DUMP and ABORT calls of a test notifier.
 final class EventCounter: Sendable {

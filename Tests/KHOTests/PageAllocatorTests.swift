@@ -18,8 +18,10 @@ import Testing
     #expect(y == 0x2000..<0x5000)
     #expect(z == 0x5000..<0x6000)
     try a.free(y)
-    #expect(a.fragmentation == FragmentationReport(
-      totalBytes: 64 * page, freeBytes: 61 * page, largestFreeRun: 58 * page, freeRuns: 2))
+    #expect(
+      a.fragmentation
+        == FragmentationReport(
+          totalBytes: 64 * page, freeBytes: 61 * page, largestFreeRun: 58 * page, freeRuns: 2))
     // A smaller request reuses the hole.
     #expect(try a.allocate(pages: 1) == 0x2000..<0x3000)
     try a.free(x)
@@ -143,5 +145,20 @@ import Testing
     let scratch = try Scratch.reserve(length: 0x1800, in: a)
     #expect(scratch == 0..<0x2000)
     #expect(try Scratch.reserve(length: 0, in: a) == 0..<0)
+  }
+}
+
+@Suite struct PageAllocatorWindowTests {
+  @Test func unalignedWindowIsShrunkToWholePages() throws {
+    let a = PageAllocator(pageSize: 0x1000, managed: 0..<0x10000)
+    a.allocationWindow = 0x1800..<0x4800
+    #expect(throws: AllocatorError.outOfMemory(bytes: 0x3000, largestFreeRun: 0x2000)) {
+      try a.allocate(pages: 3)
+    }
+    #expect(try a.allocate(pages: 2) == 0x2000..<0x4000)
+    a.allocationWindow = 0x1800..<0x2800
+    #expect(throws: AllocatorError.outOfMemory(bytes: 0x1000, largestFreeRun: 0)) {
+      try a.allocate(pages: 1)
+    }
   }
 }
