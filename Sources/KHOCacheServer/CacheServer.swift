@@ -1,0 +1,21 @@
+import NIOCore
+import NIOPosix
+
+/// Building the listening side of a kho-cache server.
+public enum CacheServer {
+  /// A `ServerBootstrap` whose accepted connections speak memcached's text
+  /// protocol to `context.store`. Bind it (`bind(host:port:)`) or give it an
+  /// inherited listening socket (`withBoundSocket(_:)`).
+  public static func bootstrap(group: any EventLoopGroup, context: CacheServerContext) -> ServerBootstrap {
+    ServerBootstrap(group: group)
+      .serverChannelOption(.backlog, value: 1024)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+      .childChannelOption(.maxMessagesPerRead, value: 16)
+      .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))
+        }
+      }
+  }
+}

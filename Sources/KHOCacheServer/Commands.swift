@@ -1,0 +1,357 @@
+import KHOCacheStore
+import NIOCore
+
+// Command dispatch and replies, following memcached 1.6's proto_text.c
+// (process_command_ascii and the process_*_command functions) so that every
+// reply, error included, is byte for byte memcached's.
+extension MemcacheHandler {
+  func execute(line: UnsafeRawBufferPointer) -> Outcome {
+    let tokens = Tokens(line)
+    let n = tokens.memcachedCount
+    let start = output.writerIndex
+    guard tokens.count >= 1, tokens[0].count >= 2 else { return reply("ERROR") }
+    let command = line.slice(tokens[0])
+    let outcome: Outcome
+    switch command[0] {
+    case UInt8(ascii: "g"):
+      guard n >= 3 else { return reply("ERROR") }
+      if command.equals("get") {
+        outcome = retrieve(line, tokens, cas: false, touch: false)
+      } else if command.equals("gets") {
+        outcome = retrieve(line, tokens, cas: true, touch: false)
+      } else if command.equals("gat") {
+        outcome = retrieve(line, tokens, cas: false, touch: true)
+      } else if command.equals("gats") {
+        outcome = retrieve(line, tokens, cas: true, touch: true)
+      } else {
+        outcome = reply("ERROR")
+      }
+    case UInt8(ascii: "s") where command.equals("set"):
+      outcome = n == 6 || n == 7 ? parseStore(.set, line, tokens) : reply("ERROR")
+    case UInt8(ascii: "s") where command.equals("stats"):
+      outcome = stats(line, tokens)
+    case UInt8(ascii: "s") where command.equals("shutdown"):
+      outcome = reply("ERROR: shutdown not enabled")
+    case UInt8(ascii: "a") where command.equals("add"):
+      outcome = n == 6 || n == 7 ? parseStore(.add, line, tokens) : reply("ERROR")
+    case UInt8(ascii: "a") where command.equals("append"):
+      outcome = n == 6 || n == 7 ? parseStore(.append, line, tokens) : reply("ERROR")
+    case UInt8(ascii: "c") where command.equals("cas"):
+      outcome = n == 7 || n == 8 ? parseStore(.cas(0), line, tokens) : reply("ERROR")
+    case UInt8(ascii: "i") where command.equals("incr"):
+      outcome = n == 4 || n == 5 ? arithmetic(line, tokens, increment: true) : reply("ERROR")
+    case UInt8(ascii: "d") where command.equals("delete"):
+      outcome = (3...5).contains(n) ? delete(line, tokens) : reply("ERROR")
+    case UInt8(ascii: "d") where command.equals("decr"):
+      outcome = n == 4 || n == 5 ? arithmetic(line, tokens, increment: false) : reply("ERROR")
+    case UInt8(ascii: "t") where command.equals("touch"):
+      outcome = n == 4 || n == 5 ? touch(line, tokens) : reply("ERROR")
+    case UInt8(ascii: "g"), UInt8(ascii: "s"), UInt8(ascii: "a"), UInt8(ascii: "c"), UInt8(ascii: "i"),
+      UInt8(ascii: "d"), UInt8(ascii: "t"):
+      outcome = reply("ERROR")
+    default:
+      outcome = executeOther(command, line, tokens)
+    }
+    // A command that will run again later must leave no partial reply.
+    if outcome == .frozen { output.moveWriterIndex(to: start) }
+    return outcome
+  }
+
+  /// Commands not dispatched on their first letter, as in memcached.
+  private func executeOther(_ command: UnsafeRawBufferPointer, _ line: UnsafeRawBufferPointer, _ tokens: Tokens)
+    -> Outcome
+  {
+    let n = tokens.memcachedCount
+    if command.equals("replace") {
+      return n == 6 || n == 7 ? parseStore(.replace, line, tokens) : reply("ERROR")
+    } else if command.equals("prepend") {
+      return n == 6 || n == 7 ? parseStore(.prepend, line, tokens) : reply("ERROR")
+    } else if command.equals("bget") {
+      return retrieve(line, tokens, cas: false, touch: false)
+    } else if command.equals("flush_all") {
+      return (2...4).contains(n) ? flushAll(line, tokens) : reply("ERROR")
+    } else if command.equals("version") {
+      return reply("VERSION " + shared.configuration.version)
+    } else if command.equals("quit") {
+      return .close
+    } else if command.equals("verbosity") {
+      return n == 3 || n == 4 ? verbosity(line, tokens) : reply("ERROR")
+    } else if line.slice(tokens[n - 2]).hasPrefix("HTTP/") {
+      return .close
+    }
+    return reply("ERROR")
+  }
+
+  // MARK: Replies
+
+  /// Writes one reply line unless the command said noreply.
+  @discardableResult
+  func reply(_ text: String, noreply: Bool = false) -> Outcome {
+    if !noreply {
+      output.writeString(text)
+      output.writeStaticString("\r\n")
+    }
+    return .done
+  }
+
+  /// memcached's set_noreply_maybe: the last real token is "noreply".
+  func isNoreply(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Bool {
+    line.slice(tokens[tokens.memcachedCount - 2]).equals("noreply")
+  }
+
+  /// The answer to a mutation that met a frozen store.
+  func frozen() -> Outcome {
+    if frozenWaitExpired { return reply("SERVER_ERROR frozen for handover") }
+    return .frozen
+  }
+
+  // MARK: get, gets, gat, gats
+
+  private func retrieve(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, cas: Bool, touch: Bool) -> Outcome {
+    var exptime: Int64?
+    var first = 1
+    if touch {
+      guard let value = parseInt32Truncating(line.slice(tokens[1])) else {
+        return reply("CLIENT_ERROR invalid exptime argument")
+      }
+      exptime = Int64(value)
+      first = 2
+    }
+    let start = output.writerIndex
+    for index in first..<tokens.count {
+      let key = line.slice(tokens[index])
+      guard key.count <= CacheLimits.maxKeyLength else {
+        // memcached drops the values already gathered and answers only this.
+        output.moveWriterIndex(to: start)
+        return reply("CLIENT_ERROR bad command line format")
+      }
+      do {
+        try writeValue(key, cas: cas, touch: exptime)
+      } catch {
+        return frozen()
+      }
+    }
+    output.writeStaticString("END\r\n")
+    return .done
+  }
+
+  private func writeValue(_ key: UnsafeRawBufferPointer, cas: Bool, touch exptime: Int64?) throws(CacheOperationError) {
+    let write: (CacheItemView) -> Void = { item in
+      self.output.writeStaticString("VALUE ")
+      self.output.writeBytes(item.key)
+      self.output.writeStaticString(" ")
+      self.output.writeDecimal(UInt64(item.flags))
+      self.output.writeStaticString(" ")
+      self.output.writeDecimal(UInt64(item.value.count))
+      if cas {
+        self.output.writeStaticString(" ")
+        self.output.writeDecimal(item.cas)
+      }
+      self.output.writeStaticString("\r\n")
+      self.output.writeBytes(item.value)
+      self.output.writeStaticString("\r\n")
+    }
+    if let exptime {
+      _ = try store.getAndTouch(key, exptime: exptime, write)
+    } else {
+      _ = store.get(key, write)
+    }
+  }
+
+  // MARK: set, add, replace, append, prepend, cas
+
+  /// memcached's process_update_command: parse, then wait for the data block.
+  private func parseStore(_ mode: StoreMode, _ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let noreply = isNoreply(line, tokens)
+    let key = line.slice(tokens[1])
+    guard key.count <= CacheLimits.maxKeyLength else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    guard let flags = parseUInt32Truncating(line.slice(tokens[2])),
+      let exptime = parseInt32Truncating(line.slice(tokens[3])),
+      let length = parseInt32Truncating(line.slice(tokens[4]))
+    else { return reply("CLIENT_ERROR bad command line format", noreply: noreply) }
+    var mode = mode
+    if case .cas = mode {
+      guard let unique = parseUInt64(line.slice(tokens[5])) else {
+        return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+      }
+      mode = .cas(unique)
+    }
+    guard length >= 0 && length <= Int32.max - 2 else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    guard store.fits(keyLength: key.count, valueLength: Int(length)) else {
+      // Refused before reading: swallow the data block, as memcached does.
+      store.refuseTooLarge(key, mode: mode)
+      swallow = Int(length) + 2
+      return reply("SERVER_ERROR object too large for cache", noreply: noreply)
+    }
+    pending = PendingStore(
+      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length), noreply: noreply)
+    return .done
+  }
+
+  /// The data block of `pending` has arrived (or not yet): store it.
+  func completeStore() -> Outcome {
+    let command = pending!
+    guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
+    let result = input!.withUnsafeReadableBytes { bytes in
+      Result { () throws(CacheOperationError) -> String in
+        guard bytes[command.length] == UInt8(ascii: "\r") && bytes[command.length + 1] == UInt8(ascii: "\n") else {
+          return "CLIENT_ERROR bad data chunk"
+        }
+        let stored = try command.key.withUnsafeBytes { key in
+          Result { () throws(CacheOperationError) -> StoreResult in
+            try store.store(
+              command.mode, key: key, value: bytes.slice(0..<command.length), flags: command.flags,
+              exptime: command.exptime)
+          }
+        }.get()
+        return Self.storeReply(stored)
+      }
+    }
+    let text: String
+    switch result {
+    case .success(let line): text = line
+    case .failure(.frozen):
+      let outcome = frozen()
+      guard outcome == .done else { return outcome }
+      text = ""
+    case .failure(.tooLarge): text = "SERVER_ERROR object too large for cache"
+    case .failure(_): text = "SERVER_ERROR out of memory storing object"
+    }
+    input!.moveReaderIndex(forwardBy: command.length + 2)
+    pending = nil
+    if !text.isEmpty { reply(text, noreply: command.noreply) }
+    return .done
+  }
+
+  static func storeReply(_ result: StoreResult) -> String {
+    switch result {
+    case .stored: "STORED"
+    case .notStored: "NOT_STORED"
+    case .exists: "EXISTS"
+    case .notFound: "NOT_FOUND"
+    }
+  }
+
+  // MARK: delete, incr, decr, touch
+
+  private func delete(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let n = tokens.memcachedCount
+    var noreply = false
+    if n > 3 {
+      let holdIsZero = line.slice(tokens[2]).equals("0")
+      noreply = isNoreply(line, tokens)
+      let valid = (n == 4 && (holdIsZero || noreply)) || (n == 5 && holdIsZero && noreply)
+      guard valid else {
+        return reply("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", noreply: noreply)
+      }
+    }
+    let key = line.slice(tokens[1])
+    guard key.count <= CacheLimits.maxKeyLength else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    do {
+      return reply(try store.delete(key) ? "DELETED" : "NOT_FOUND", noreply: noreply)
+    } catch {
+      return frozen()
+    }
+  }
+
+  private func arithmetic(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, increment: Bool) -> Outcome {
+    let noreply = isNoreply(line, tokens)
+    let key = line.slice(tokens[1])
+    guard key.count <= CacheLimits.maxKeyLength else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    guard let delta = parseUInt64(line.slice(tokens[2])) else {
+      return reply("CLIENT_ERROR invalid numeric delta argument", noreply: noreply)
+    }
+    do {
+      guard let value = try store.arithmetic(key, increment: increment, delta: delta) else {
+        return reply("NOT_FOUND", noreply: noreply)
+      }
+      return reply(String(value), noreply: noreply)
+    } catch .nonNumeric {
+      return reply("CLIENT_ERROR cannot increment or decrement non-numeric value", noreply: noreply)
+    } catch .frozen {
+      return frozen()
+    } catch {
+      return reply("SERVER_ERROR out of memory", noreply: noreply)
+    }
+  }
+
+  private func touch(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let noreply = isNoreply(line, tokens)
+    let key = line.slice(tokens[1])
+    guard key.count <= CacheLimits.maxKeyLength else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    guard let exptime = parseInt32Truncating(line.slice(tokens[2])) else {
+      return reply("CLIENT_ERROR invalid exptime argument", noreply: noreply)
+    }
+    do {
+      return reply(try store.touch(key, exptime: Int64(exptime)) ? "TOUCHED" : "NOT_FOUND", noreply: noreply)
+    } catch {
+      return frozen()
+    }
+  }
+
+  // MARK: flush_all, verbosity, stats
+
+  private func flushAll(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let noreply = isNoreply(line, tokens)
+    var delay: Int32 = 0
+    if tokens.memcachedCount != (noreply ? 3 : 2) {
+      guard let value = parseInt32Truncating(line.slice(tokens[1])) else {
+        return reply("CLIENT_ERROR invalid exptime argument", noreply: noreply)
+      }
+      delay = value
+    }
+    do {
+      try store.flushAll(delay: Int64(delay))
+      return reply("OK", noreply: noreply)
+    } catch {
+      return frozen()
+    }
+  }
+
+  private func verbosity(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let noreply = isNoreply(line, tokens)
+    guard parseUInt32Truncating(line.slice(tokens[1])) != nil else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    return reply("OK", noreply: noreply)
+  }
+
+  private func stats(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    if tokens.count == 1 {
+      for (name, value) in shared.statsLines() { reply("STAT \(name) \(value)") }
+      return reply("END")
+    }
+    if line.slice(tokens[1]).equals("reset") {
+      store.resetStats()
+      return reply("RESET")
+    }
+    return reply("ERROR")
+  }
+}
+
+extension ByteBuffer {
+  /// Writes `value` in decimal without going through String.
+  @inline(__always) mutating func writeDecimal(_ value: UInt64) {
+    var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch
+    withUnsafeMutableBytes(of: &digits) { scratch in
+      var index = scratch.count
+      var rest = value
+      repeat {
+        index -= 1
+        scratch[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+        rest /= 10
+      } while rest > 0
+      writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
+    }
+  }
+}

@@ -1,0 +1,118 @@
+import KHOCacheStore
+import NIOCore
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// Settings of the protocol server.
+public struct CacheServerConfiguration: Sendable {
+  /// Connections beyond this are refused with
+  /// "ERROR Too many open connections", as memcached does (`-c`).
+  public var maxConnections: Int = 1024
+  /// Event loop threads, reported by `stats` (`-t`).
+  public var threads: Int = 4
+  /// The string after "VERSION ".
+  public var version: String = "1.6.18-kho-cache"
+  /// How long a mutation waits while the store is frozen for a handover
+  /// before it is answered with "SERVER_ERROR" (see `MemcacheHandler`).
+  public var frozenWaitLimit: TimeAmount = .seconds(5)
+  /// How often a parked mutation retries while the store is frozen.
+  public var frozenRetryInterval: TimeAmount = .milliseconds(1)
+
+  /// The defaults above (memcached's).
+  public init() {}
+}
+
+/// What every connection of one server shares: the store, the settings,
+/// the connection counters.
+public final class CacheServerContext: Sendable {
+  /// The store behind every connection.
+  public let store: CacheStore
+  /// The settings.
+  public let configuration: CacheServerConfiguration
+  let currConnections = Atomic<Int>(0)
+  let totalConnections = Atomic<Int>(0)
+  let rejectedConnections = Atomic<Int>(0)
+  let bytesRead = Atomic<Int>(0)
+  let bytesWritten = Atomic<Int>(0)
+  let startedAt: Int64
+
+  /// A context for `store` with `configuration`.
+  public init(store: CacheStore, configuration: CacheServerConfiguration = .init()) {
+    self.store = store
+    self.configuration = configuration
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    self.startedAt = Int64(ts.tv_sec)
+  }
+
+  /// Connections open now.
+  public var openConnections: Int { currConnections.load(ordering: .relaxed) }
+
+  /// Counts a new connection; false (and nothing counted but the refusal)
+  /// when the limit is reached.
+  func admit() -> Bool {
+    let now = currConnections.wrappingAdd(1, ordering: .relaxed).newValue
+    guard now <= configuration.maxConnections else {
+      currConnections.wrappingSubtract(1, ordering: .relaxed)
+      rejectedConnections.wrappingAdd(1, ordering: .relaxed)
+      return false
+    }
+    totalConnections.wrappingAdd(1, ordering: .relaxed)
+    return true
+  }
+
+  func release() { currConnections.wrappingSubtract(1, ordering: .relaxed) }
+
+  /// The lines of `stats`, in memcached's order, each "STAT name value".
+  func statsLines() -> [(String, String)] {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let store = self.store.stats()
+    var lines: [(String, String)] = [
+      ("pid", "\(getpid())"),
+      ("uptime", "\(Int64(ts.tv_sec) - startedAt)"),
+      ("time", "\(time(nil))"),
+      ("version", configuration.version),
+      ("pointer_size", "64"),
+      ("rusage_user", formatTime(usage.ru_utime)),
+      ("rusage_system", formatTime(usage.ru_stime)),
+      ("max_connections", "\(configuration.maxConnections)"),
+      ("curr_connections", "\(currConnections.load(ordering: .relaxed))"),
+      ("total_connections", "\(totalConnections.load(ordering: .relaxed))"),
+      ("rejected_connections", "\(rejectedConnections.load(ordering: .relaxed))"),
+    ]
+    for name in ["cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
+      "get_flushed", "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses", "decr_hits",
+      "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses", "store_too_large", "store_no_memory"]
+    {
+      lines.append((name, "\(store[name])"))
+    }
+    lines += [
+      ("bytes_read", "\(bytesRead.load(ordering: .relaxed))"),
+      ("bytes_written", "\(bytesWritten.load(ordering: .relaxed))"),
+      ("limit_maxbytes", "\(store.limitMaxBytes)"),
+      ("threads", "\(configuration.threads)"),
+      ("frozen", self.store.isFrozen ? "1" : "0"),
+      ("cache_clock", "\(store.cacheClock)"),
+      ("kho_format_version", "\(CacheStore.formatVersion)"),
+      ("bytes", "\(store["bytes"])"),
+      ("curr_items", "\(store["curr_items"])"),
+      ("total_items", "\(store["total_items"])"),
+      ("evictions", "\(store["evictions"])"),
+      ("reclaimed", "\(store["reclaimed"])"),
+    ]
+    return lines
+  }
+
+  private func formatTime(_ tv: timeval) -> String {
+    let micros = String(tv.tv_usec)
+    return "\(tv.tv_sec)." + String(repeating: "0", count: max(0, 6 - micros.count)) + micros
+  }
+}

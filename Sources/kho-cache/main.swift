@@ -1,3 +1,0 @@
-import KHOCacheServer
-import ArgumentParser
-print("stub")
