@@ -66,8 +66,11 @@ public struct FDTWriter: Sendable {
 
   /// The size the blob would have if finished now.
   public var size: Int {
-    layout.reservationOffset + (reservations.count + 1) * FDTFormat.reservationEntrySize
-      + structure.count + 4 + strings.size
+    // FDT_END is counted before `finish` appends it.
+    var endToken = 4
+    if case .finished = state { endToken = 0 }
+    return layout.reservationOffset + (reservations.count + 1) * FDTFormat.reservationEntrySize
+      + structure.count + endToken + strings.size
   }
 
   private func checkSpace() throws(FDTError) {
@@ -274,11 +277,10 @@ public struct FDTWriter: Sendable {
       }
       throw FDTError(.badState, at: nil, "finish with the root node missing or still open")
     }
+    // `size` already counts FDT_END: a capacity equal to the final size
+    // suffices, as a libfdt buffer of exactly `totalsize` does.
+    try checkSpace()
     appendToken(.end)
-    do throws(FDTError) { try checkSpace() } catch {
-      structure.removeLast(4)
-      throw error
-    }
     state = .finished
     return assemble()
   }
