@@ -1,0 +1,282 @@
+import KHO
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// How the next image takes over.
+public enum HandoverMode: Sendable, Equatable, CustomStringConvertible {
+  /// `execve` in this process, like `kexec -e`: the PID stays.
+  case inPlace
+  /// Spawn the next image, wait until it reports ready (or give up after
+  /// `timeout`), then exit; on failure roll back and go on serving.
+  case overlapped(timeout: Duration = .seconds(60))
+
+  public var description: String {
+    switch self {
+    case .inPlace: return "in-place"
+    case .overlapped(let t): return "overlapped (timeout \(t))"
+    }
+  }
+}
+
+/// Why a handover did not happen. In every case KHO was aborted and this
+/// image goes on serving with all its state.
+public enum HandoverFailure: Error, Sendable, CustomStringConvertible {
+  /// Serializing the subsystems failed.
+  case serialize(SerializeError)
+  /// Leaving the handover in scratch failed.
+  case load(KHOLoadError)
+  /// `execve` or `posix_spawn` failed (missing binary, no permission...).
+  case launch(SystemCallError)
+  /// The next image exited, crashed or broke the handshake before ready.
+  case successorFailed(pid: pid_t, reason: String)
+  /// The next image did not report ready in time; it was killed.
+  case timedOut(pid: pid_t, after: Duration)
+  /// A handover is already running.
+  case busy
+
+  public var description: String {
+    switch self {
+    case .serialize(let e): return "serialize failed: \(e)"
+    case .load(let e): return "load failed: \(e)"
+    case .launch(let e): return "starting the next image failed: \(e)"
+    case .successorFailed(let pid, let reason):
+      return "the next image (pid \(pid)) failed: \(reason)"
+    case .timedOut(let pid, let after):
+      return "the next image (pid \(pid)) was not ready within \(after); killed"
+    case .busy: return "a handover is already in progress"
+    }
+  }
+}
+
+/// The handover runtime of a service: boots KHO (cold or from the previous
+/// image), carries named fds across, performs the handover in place or
+/// overlapped with rollback, and keeps systemd informed.
+///
+/// ```swift
+/// let runtime = try HandoverRuntime.boot(KHOOptions(arenaSize: 1 << 30, scratchSize: 64 << 20))
+/// let listener = runtime.inherited["listen"] ?? makeListeningSocket()
+/// try runtime.register(listener, name: "listen")
+/// // ... subsystems claim their memory from runtime.kho.incoming ...
+/// runtime.ready(status: "serving")
+/// // later, when asked to upgrade:
+/// stopServing()
+/// do {
+///   if case .committed = try runtime.handover(to: NextImage(path: "/usr/bin/my-service-v2"), mode: .overlapped()) {
+///     exit(0)
+///   }
+/// } catch {
+///   resumeServing()  // nothing was lost
+/// }
+/// ```
+public final class HandoverRuntime: Sendable {
+  /// The KHO core: arena, allocator, outgoing and incoming halves.
+  public let kho: KHO
+  /// The fds the previous image handed over by name (empty after a cold start).
+  public let inherited: NamedFileDescriptors
+  /// sd_notify, a no-op outside systemd.
+  public let notifier: SDNotifier
+  private let logger: Logger
+  private let named: Mutex<NamedFileDescriptors>
+  private let handshake: Mutex<(ready: Int32, commit: Int32)?>
+  private let inProgress = Atomic<Bool>(false)
+
+  private init(
+    kho: KHO, inherited: NamedFileDescriptors, handshake: (Int32, Int32)?, logger: Logger
+  ) {
+    self.kho = kho
+    self.inherited = inherited
+    self.notifier = SDNotifier()
+    self.logger = logger
+    self.named = Mutex(NamedFileDescriptors())
+    self.handshake = Mutex(handshake)
+  }
+
+  /// Boots KHO and picks up what the previous image handed over: the
+  /// arena, the named fds, and (after an overlapped handover) the
+  /// handshake pipes. Inherited fds are made close-on-exec again. The
+  /// runtime's environment variables are removed from the environment.
+  public static func boot(
+    _ options: KHOOptions, logger: Logger = Logger(label: "kho.runtime")
+  ) throws(KHOBootError) -> HandoverRuntime {
+    let handshake = Handshake.inheritedEnds()
+    var inherited = NamedFileDescriptors()
+    do {
+      inherited = try NamedFileDescriptors.inherited()
+    } catch {
+      logger.error("kho: ignoring handed-over fds: \(error)")
+    }
+    for name in [
+      NamedFileDescriptors.environmentName, Handshake.readyEnvironmentName,
+      Handshake.commitEnvironmentName,
+    ] {
+      unsetenv(name)
+    }
+    let kho = try KHO.boot(options, logger: logger)
+    for fd in [kho.arena.fd.rawValue] + inherited.entries.map(\.fd)
+      + [handshake?.ready, handshake?.commit].compactMap({ $0 })
+    {
+      _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+    return HandoverRuntime(kho: kho, inherited: inherited, handshake: handshake, logger: logger)
+  }
+
+  /// Registers `fd` to be handed to the next image as `name`.
+  public func register(_ fd: Int32, name: String) throws(NamedFileDescriptors.Failure) {
+    try named.withLock { fds throws(NamedFileDescriptors.Failure) in
+      try fds.register(fd, name: name)
+    }
+  }
+
+  /// Stops handing over the fd registered as `name`.
+  @discardableResult
+  public func unregister(_ name: String) -> Int32? {
+    named.withLock { $0.unregister(name) }
+  }
+
+  /// The fds registered for the next image.
+  public var registered: NamedFileDescriptors { named.withLock { $0 } }
+
+  /// Declares start-up complete: preserved memory nobody claimed is
+  /// returned; after an overlapped handover, reports ready to the previous
+  /// image and waits until it has let go (so that nothing handed over is
+  /// touched while it could still roll back); then tells systemd
+  /// `READY=1`.
+  ///
+  /// - Returns: `false` if the previous image aborted the handover; this
+  ///   image must then exit without serving.
+  @discardableResult
+  public func ready(status: String? = nil) -> Bool {
+    kho.finishBoot()
+    if let (readyFD, commitFD) = handshake.withLock({ h in
+      defer { h = nil }
+      return h
+    }) {
+      if !Handshake.reportReadyAndAwaitCommit(readyFD: readyFD, commitFD: commitFD) {
+        logger.error("kho: the previous image aborted the handover")
+        return false
+      }
+    }
+    notify { (n) throws(SystemCallError) in try n.ready(status: status) }
+    return true
+  }
+
+  /// What a successful ``handover(to:mode:)`` leaves to the caller.
+  public enum Outcome: Sendable, Equatable {
+    /// Overlapped: the next image (this pid) serves; this image must exit
+    /// now, without touching handed-over state.
+    case committed(pid: pid_t)
+  }
+
+  /// Hands everything over to `image`: serializes (if not already active),
+  /// loads the handover into scratch, then executes.
+  ///
+  /// In place, it returns only on failure. Overlapped, it returns
+  /// ``Outcome/committed(pid:)`` once the next image is ready. On any
+  /// failure KHO is aborted, systemd is told `READY=1` again, and this
+  /// image goes on serving with everything it had.
+  ///
+  /// The caller stops mutating handed-over state before calling (KHO's
+  /// `withMutation` refuses while active) and stops accepting connections
+  /// on handed-over listeners: they queue in the backlog for the next
+  /// image.
+  public func handover(to image: NextImage, mode: HandoverMode) throws(HandoverFailure) -> Outcome {
+    guard !inProgress.exchange(true, ordering: .acquiringAndReleasing) else { throw .busy }
+    defer { inProgress.store(false, ordering: .releasing) }
+    notify { (n) throws(SystemCallError) in try n.reloading(status: "handing over (\(mode))") }
+    do throws(HandoverFailure) {
+      if !kho.outgoing.isActive {
+        do { try kho.outgoing.serialize() } catch { throw .serialize(error) }
+      }
+      let location: HandoverLocation
+      do { location = try kho.load() } catch { throw .load(error) }
+      switch mode {
+      case .inPlace:
+        throw .launch(execInPlace(image, location))
+      case .overlapped(let timeout):
+        return try overlapped(image, location, timeout)
+      }
+    } catch {
+      logger.error("kho: handover aborted: \(error)")
+      kho.outgoing.abort()
+      notify { (n) throws(SystemCallError) in
+        try n.ready(status: "serving (handover failed: \(error))")
+      }
+      throw error
+    }
+  }
+
+  private func environment(
+    for image: NextImage, _ location: HandoverLocation, handshake: (Int32, Int32)?
+  ) -> [String] {
+    let fds = registered
+    return Environment.merging(
+      image.environment,
+      [
+        HandoverRecord.environmentName: location.description,
+        NamedFileDescriptors.environmentName: fds.entries.isEmpty ? nil : fds.environmentValue,
+        Handshake.readyEnvironmentName: handshake.map { String($0.0) },
+        Handshake.commitEnvironmentName: handshake.map { String($0.1) },
+      ])
+  }
+
+  private func execInPlace(_ image: NextImage, _ location: HandoverLocation) -> SystemCallError {
+    var next = image
+    next.environment = environment(for: image, location, handshake: nil)
+    let keep = [kho.arena.fd.rawValue] + registered.entries.map(\.fd)
+    logger.info("kho: exec \(image.path) in place, generation \(kho.generation + 1)")
+    return ProcessLauncher.execInPlace(next, keeping: keep)
+  }
+
+  private func overlapped(
+    _ image: NextImage, _ location: HandoverLocation, _ timeout: Duration
+  ) throws(HandoverFailure) -> Outcome {
+    var pipes: Handshake.Pipes
+    do { pipes = try Handshake.Pipes.make() } catch { throw .launch(error) }
+    defer { pipes.closeAll() }
+    var next = image
+    next.environment = environment(
+      for: image, location, handshake: (pipes.readyWrite, pipes.commitRead))
+    let keep =
+      [kho.arena.fd.rawValue] + registered.entries.map(\.fd) + [pipes.readyWrite, pipes.commitRead]
+    let pid: pid_t
+    do { pid = try ProcessLauncher.spawn(next, keeping: keep) } catch { throw .launch(error) }
+    pipes.closeChildEnds()
+    logger.info("kho: spawned \(image.path) as pid \(pid), waiting for it to be ready")
+    let (seconds, attoseconds) = timeout.components
+    let milliseconds = Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    switch Handshake.awaitReady(pipes.readyRead, timeoutMilliseconds: milliseconds) {
+    case .ready:
+      _ = Handshake.goMessage.withUnsafeBytes { write(pipes.commitWrite, $0.baseAddress, $0.count) }
+      notify { (n) throws(SystemCallError) in
+        try n.mainPID(pid, status: "handed over to pid \(pid)")
+      }
+      return .committed(pid: pid)
+    case .exited(let reason):
+      let status = Self.killAndReap(pid)
+      throw .successorFailed(pid: pid, reason: "\(reason)\(status.map { "; \($0)" } ?? "")")
+    case .timedOut:
+      _ = Self.killAndReap(pid)
+      throw .timedOut(pid: pid, after: timeout)
+    }
+  }
+
+  /// Kills `pid` and waits for it; returns how it ended.
+  private static func killAndReap(_ pid: pid_t) -> String? {
+    kill(pid, SIGKILL)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 {
+      if errno != EINTR { return nil }
+    }
+    let signal = status & 0x7f
+    if signal == 0 { return "exit status \((status >> 8) & 0xff)" }
+    return signal == SIGKILL ? nil : "killed by signal \(signal)"
+  }
+
+  private func notify(_ body: (SDNotifier) throws(SystemCallError) -> Void) {
+    do { try body(notifier) } catch { logger.warning("kho: sd_notify: \(error)") }
+  }
+}
