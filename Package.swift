@@ -46,6 +46,16 @@ let package = Package(
       ]
     ),
 
+    // Example subsystems: a trace ring buffer that survives handover.
+    .target(name: "KHOExamples", dependencies: ["KHO", "FDT"]),
+
+    // A service that hands over to itself for generations and checks every
+    // byte; the exec round-trip tests drive it.
+    .executableTarget(
+      name: "kho-roundtrip",
+      dependencies: ["KHO", "KHORuntime", "KHOExamples"]
+    ),
+
     // The `kho` command line.
     .executableTarget(
       name: "kho",
@@ -64,7 +74,7 @@ let package = Package(
 
     .testTarget(name: "FDTTests", dependencies: ["FDT"]),
     .testTarget(name: "KHOTests", dependencies: ["KHO"]),
-    .testTarget(name: "KHORuntimeTests", dependencies: ["KHORuntime"]),
+    .testTarget(name: "KHORuntimeTests", dependencies: ["KHORuntime", "KHOExamples"]),
 
     // kho-cache: a memcached-protocol cache whose whole state lives in one
     // caller-given region (the KHO arena in production), addressed by offsets.

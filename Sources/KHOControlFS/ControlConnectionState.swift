@@ -126,6 +126,7 @@ public struct ControlConnectionState: Sendable, Hashable, CustomStringConvertibl
     guard Set(fields.keys).isSubset(of: ["minor", "flags", "max_write", "pending"]) else {
       throw .malformedState("unknown field in \(fields.keys.sorted())")
     }
-    self.init(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: path, pendingWrite: pending)
+    self.init(
+      minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: path, pendingWrite: pending)
   }
 }

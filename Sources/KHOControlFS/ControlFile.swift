@@ -79,9 +79,11 @@ public struct ControlFile: Sendable {
     show: @escaping @Sendable () throws(FileError) -> [UInt8],
     store: Writer? = nil
   ) -> ControlFile {
-    ControlFile(mode: mode, read: { offset, count throws(FileError) in
-      slice(try show(), offset: offset, count: count)
-    }, write: store)
+    ControlFile(
+      mode: mode,
+      read: { offset, count throws(FileError) in
+        slice(try show(), offset: offset, count: count)
+      }, write: store)
   }
 
   /// A write-only trigger, such as `kernel/kexec/execute`.

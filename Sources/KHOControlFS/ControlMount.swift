@@ -1,10 +1,11 @@
+import CFUSEKernel
+import Synchronization
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import CFUSEKernel
-import Synchronization
 
 /// A control mount: a FUSE file system that the service serves itself on a
 /// dedicated thread, speaking the kernel protocol on /dev/fuse directly so
@@ -79,7 +80,9 @@ public final class ControlMount: Sendable {
   private let fusermount: String?
   private let shared: Mutex<Shared>
 
-  private init(fd: Int32, tree: ControlTree, negotiated: ControlConnectionState, fusermount: String?) {
+  private init(
+    fd: Int32, tree: ControlTree, negotiated: ControlConnectionState, fusermount: String?
+  ) {
     fileDescriptor = fd
     mountPoint = negotiated.mountPoint
     self.tree = tree
@@ -129,7 +132,8 @@ public final class ControlMount: Sendable {
   {
     let path = try Mounting.absolute(path)
     let fusermount = Mounting.findFusermount(options.fusermountPath)
-    let viaFusermount = options.method == .fusermount || (options.method == .automatic && geteuid() != 0)
+    let viaFusermount =
+      options.method == .fusermount || (options.method == .automatic && geteuid() != 0)
     if viaFusermount && fusermount == nil { throw .fusermountNotFound }
     try Mounting.prepareMountPoint(path, fusermount: fusermount)
     let fd =
@@ -333,7 +337,9 @@ public final class ControlMount: Sendable {
       }
       switch result {
       case .success(let count):
-        if let request = buffer.withUnsafeBytes({ Request(UnsafeRawBufferPointer(rebasing: $0[..<count])) }) {
+        if let request = buffer.withUnsafeBytes({
+          Request(UnsafeRawBufferPointer(rebasing: $0[..<count]))
+        }) {
           return request
         }
       // ENOENT: the request was interrupted before we got it; EAGAIN: taken

@@ -50,7 +50,8 @@ public struct ControlTree: Sendable {
   /// - Parameter files: the files, by path.
   public init(_ files: [String: ControlFile]) {
     var nodes: [UInt64: Node] = [
-      Self.rootID: Node(id: Self.rootID, parent: Self.rootID, path: "", name: "", kind: .directory([]))
+      Self.rootID: Node(
+        id: Self.rootID, parent: Self.rootID, path: "", name: "", kind: .directory([]))
     ]
     for (path, file) in files.sorted(by: { $0.key < $1.key }) {
       Self.insert(file, at: Self.components(of: path), into: &nodes)
@@ -68,8 +69,9 @@ public struct ControlTree: Sendable {
   }
 
   /// Adds the directories leading to `file`, then `file`.
-  private static func insert(_ file: ControlFile, at parts: [String], into nodes: inout [UInt64: Node])
-  {
+  private static func insert(
+    _ file: ControlFile, at parts: [String], into nodes: inout [UInt64: Node]
+  ) {
     var parent = rootID
     for depth in parts.indices {
       let path = parts[...depth].joined(separator: "/")
@@ -77,7 +79,8 @@ public struct ControlTree: Sendable {
       let id = nodeID(path: path, isDirectory: !isFile)
       if let existing = nodes[id] {
         // Only a directory shared by several paths is met twice.
-        precondition(existing.path == path, "control paths \"\(existing.path)\" and \"\(path)\" clash")
+        precondition(
+          existing.path == path, "control paths \"\(existing.path)\" and \"\(path)\" clash")
         guard case .directory = existing.kind, !isFile else {
           preconditionFailure("\"\(path)\" is a file and a directory")
         }

@@ -1,9 +1,10 @@
+import CFUSEKernel
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import CFUSEKernel
 
 /// FUSE_INIT, which the kernel sends once per connection, right after the
 /// mount: the negotiation whose outcome ``ControlConnectionState`` carries
@@ -33,18 +34,23 @@ enum Handshake {
       let offered = request.paddedArgument(fuse_init_in.self)
       if offered.major > FUSE_KERNEL_VERSION {
         // The kernel resends INIT with our major version.
-        try send(fd, replyMessage(unique: request.header.unique, payload: bytes(of: initOut(minor: 0, flags: 0))))
+        try send(
+          fd,
+          replyMessage(
+            unique: request.header.unique, payload: bytes(of: initOut(minor: 0, flags: 0))))
         continue
       }
       let minor = min(offered.minor, UInt32(FUSE_KERNEL_MINOR_VERSION))
       guard offered.major == FUSE_KERNEL_VERSION, minor >= minimumMinor else {
         try send(fd, replyMessage(unique: request.header.unique, errno: EPROTO))
-        throw .protocolMismatch("kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)")
+        throw .protocolMismatch(
+          "kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)")
       }
       let flags = wantedFlags & kernelFlags(offered)
       let reply = initOut(minor: minor, flags: flags)
       try send(fd, replyMessage(unique: request.header.unique, payload: bytes(of: reply)))
-      return ControlConnectionState(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
+      return ControlConnectionState(
+        minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
     }
   }
 
@@ -71,15 +77,23 @@ enum Handshake {
 
   /// Reads the first request, which must be FUSE_INIT, waiting at most
   /// ``timeoutMilliseconds``.
-  private static func readInit(fd: Int32, buffer: inout [UInt8]) throws(ControlMountError) -> Request {
+  private static func readInit(fd: Int32, buffer: inout [UInt8]) throws(ControlMountError)
+    -> Request
+  {
     var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     let ready = try systemCall("poll /dev/fuse") { poll(&poller, 1, timeoutMilliseconds) }
-    guard ready > 0 else { throw .protocolMismatch("no FUSE_INIT within \(timeoutMilliseconds) ms") }
+    guard ready > 0 else {
+      throw .protocolMismatch("no FUSE_INIT within \(timeoutMilliseconds) ms")
+    }
     let result: Result<Int, Errno> = buffer.withUnsafeMutableBytes { raw in
       systemCall { read(fd, raw.baseAddress, raw.count) }
     }
-    let count = try result.mapError { ControlMountError.system("read /dev/fuse", errno: $0.code) }.get()
-    guard let request = buffer.withUnsafeBytes({ Request(UnsafeRawBufferPointer(rebasing: $0[..<count])) }),
+    let count = try result.mapError { ControlMountError.system("read /dev/fuse", errno: $0.code) }
+      .get()
+    guard
+      let request = buffer.withUnsafeBytes({
+        Request(UnsafeRawBufferPointer(rebasing: $0[..<count]))
+      }),
       request.header.opcode == FUSE_INIT.rawValue
     else { throw .protocolMismatch("first message is not FUSE_INIT") }
     return request

@@ -69,7 +69,8 @@ func appendDirent(
   let unpadded = 24 + nameBytes.count
   let size = (unpadded + 7) & ~7
   guard buffer.count + size <= limit else { return false }
-  buffer += bytes(of: ino) + bytes(of: offset) + bytes(of: UInt32(nameBytes.count)) + bytes(of: type)
+  buffer +=
+    bytes(of: ino) + bytes(of: offset) + bytes(of: UInt32(nameBytes.count)) + bytes(of: type)
   buffer += nameBytes + [UInt8](repeating: 0, count: size - unpadded)
   return true
 }

@@ -1,15 +1,18 @@
+import CFUSEKernel
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import CFUSEKernel
 
 /// Mounting and unmounting a FUSE file system: directly as root, through
 /// the setuid `fusermount3` otherwise.
 enum Mounting {
   /// Where Debian and others install `fusermount3`.
-  static let fusermountCandidates = ["/usr/bin/fusermount3", "/bin/fusermount3", "/usr/local/bin/fusermount3"]
+  static let fusermountCandidates = [
+    "/usr/bin/fusermount3", "/bin/fusermount3", "/usr/local/bin/fusermount3",
+  ]
 
   /// An absolute form of `path`: relative to the current directory now, so
   /// the final unmount does not depend on where the process is by then.
@@ -17,7 +20,8 @@ enum Mounting {
     if path.hasPrefix("/") { return path }
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     guard getcwd(&buffer, buffer.count) != nil else { throw .system("getcwd", errno: ERANGE) }
-    let cwd = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let cwd = String(
+      decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return cwd == "/" ? "/" + path : cwd + "/" + path
   }
 
@@ -61,7 +65,8 @@ enum Mounting {
     var pair: [Int32] = [-1, -1]
     try check("socketpair", cfuse_socketpair_cloexec(&pair))
     defer { closeDescriptor(pair[0]) }
-    let options = "default_permissions,fsname=\(name),subtype=\(name)" + (allowOther ? ",allow_other" : "")
+    let options =
+      "default_permissions,fsname=\(name),subtype=\(name)" + (allowOther ? ",allow_other" : "")
     let child: pid_t
     do {
       child = try spawn(fusermount, ["-o", options, "--", path], commFd: pair[1])

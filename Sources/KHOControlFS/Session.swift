@@ -1,9 +1,10 @@
+import CFUSEKernel
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import CFUSEKernel
 
 /// What the serving loop does after one request.
 enum Outcome {
@@ -61,7 +62,8 @@ struct Session {
     case FUSE_OPENDIR: return opendir(request)
     case FUSE_READDIR: return readdir(request)
     case FUSE_STATFS: return statfs()
-    case FUSE_ACCESS: return tree.present(request.header.nodeid) == nil ? .error(ENOENT) : .reply([])
+    case FUSE_ACCESS:
+      return tree.present(request.header.nodeid) == nil ? .error(ENOENT) : .reply([])
     case FUSE_FLUSH, FUSE_RELEASE, FUSE_RELEASEDIR, FUSE_FSYNC, FUSE_FSYNCDIR: return .reply([])
     case FUSE_FORGET, FUSE_BATCH_FORGET, FUSE_INTERRUPT: return .noReply
     case FUSE_DESTROY: return .destroy
@@ -225,14 +227,17 @@ struct Session {
     ]
     for child in children {
       guard let present = tree.present(child.id) else { continue }
-      entries.append((child.name, child.id, isDirectory(present) ? Self.direntDirectory : Self.direntRegular))
+      entries.append(
+        (child.name, child.id, isDirectory(present) ? Self.direntDirectory : Self.direntRegular))
     }
     var buffer: [UInt8] = []
     var index = Int(clamping: arguments.offset)
     while index < entries.count {
       let entry = entries[index]
-      guard appendDirent(to: &buffer, limit: Int(arguments.size), ino: entry.id,
-        offset: UInt64(index + 1), type: entry.type, name: entry.name)
+      guard
+        appendDirent(
+          to: &buffer, limit: Int(arguments.size), ino: entry.id,
+          offset: UInt64(index + 1), type: entry.type, name: entry.name)
       else { break }
       index += 1
     }
