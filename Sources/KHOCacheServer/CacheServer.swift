@@ -6,7 +6,9 @@ public enum CacheServer {
   /// A `ServerBootstrap` whose accepted connections speak memcached's text
   /// protocol to `context.store`. Bind it (`bind(host:port:)`) or give it an
   /// inherited listening socket (`withBoundSocket(_:)`).
-  public static func bootstrap(group: any EventLoopGroup, context: CacheServerContext) -> ServerBootstrap {
+  public static func bootstrap(group: any EventLoopGroup, context: CacheServerContext)
+    -> ServerBootstrap
+  {
     ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 1024)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

@@ -46,7 +46,8 @@ extension MemcacheHandler {
       outcome = n == 4 || n == 5 ? arithmetic(line, tokens, increment: false) : reply("ERROR")
     case UInt8(ascii: "t") where command.equals("touch"):
       outcome = n == 4 || n == 5 ? touch(line, tokens) : reply("ERROR")
-    case UInt8(ascii: "g"), UInt8(ascii: "s"), UInt8(ascii: "a"), UInt8(ascii: "c"), UInt8(ascii: "i"),
+    case UInt8(ascii: "g"), UInt8(ascii: "s"), UInt8(ascii: "a"), UInt8(ascii: "c"),
+      UInt8(ascii: "i"),
       UInt8(ascii: "d"), UInt8(ascii: "t"):
       outcome = reply("ERROR")
     default:
@@ -58,7 +59,9 @@ extension MemcacheHandler {
   }
 
   /// Commands not dispatched on their first letter, as in memcached.
-  private func executeOther(_ command: UnsafeRawBufferPointer, _ line: UnsafeRawBufferPointer, _ tokens: Tokens)
+  private func executeOther(
+    _ command: UnsafeRawBufferPointer, _ line: UnsafeRawBufferPointer, _ tokens: Tokens
+  )
     -> Outcome
   {
     let n = tokens.memcachedCount
@@ -107,7 +110,9 @@ extension MemcacheHandler {
 
   // MARK: get, gets, gat, gats
 
-  private func retrieve(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, cas: Bool, touch: Bool) -> Outcome {
+  private func retrieve(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, cas: Bool, touch: Bool)
+    -> Outcome
+  {
     var exptime: Int64?
     var first = 1
     if touch {
@@ -135,7 +140,9 @@ extension MemcacheHandler {
     return .done
   }
 
-  private func writeValue(_ key: UnsafeRawBufferPointer, cas: Bool, touch exptime: Int64?) throws(CacheOperationError) {
+  private func writeValue(_ key: UnsafeRawBufferPointer, cas: Bool, touch exptime: Int64?)
+    throws(CacheOperationError)
+  {
     let write: (CacheItemView) -> Void = { item in
       self.output.writeStaticString("VALUE ")
       self.output.writeBytes(item.key)
@@ -161,7 +168,9 @@ extension MemcacheHandler {
   // MARK: set, add, replace, append, prepend, cas
 
   /// memcached's process_update_command: parse, then wait for the data block.
-  private func parseStore(_ mode: StoreMode, _ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+  private func parseStore(_ mode: StoreMode, _ line: UnsafeRawBufferPointer, _ tokens: Tokens)
+    -> Outcome
+  {
     let noreply = isNoreply(line, tokens)
     let key = line.slice(tokens[1])
     guard key.count <= CacheLimits.maxKeyLength else {
@@ -188,7 +197,8 @@ extension MemcacheHandler {
       return reply("SERVER_ERROR object too large for cache", noreply: noreply)
     }
     pending = PendingStore(
-      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length), noreply: noreply)
+      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length),
+      noreply: noreply)
     return .done
   }
 
@@ -198,7 +208,10 @@ extension MemcacheHandler {
     guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
     let result = input!.withUnsafeReadableBytes { bytes in
       Result { () throws(CacheOperationError) -> String in
-        guard bytes[command.length] == UInt8(ascii: "\r") && bytes[command.length + 1] == UInt8(ascii: "\n") else {
+        guard
+          bytes[command.length] == UInt8(ascii: "\r")
+            && bytes[command.length + 1] == UInt8(ascii: "\n")
+        else {
           return "CLIENT_ERROR bad data chunk"
         }
         let stored = try command.key.withUnsafeBytes { key in
@@ -246,7 +259,8 @@ extension MemcacheHandler {
       noreply = isNoreply(line, tokens)
       let valid = (n == 4 && (holdIsZero || noreply)) || (n == 5 && holdIsZero && noreply)
       guard valid else {
-        return reply("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", noreply: noreply)
+        return reply(
+          "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", noreply: noreply)
       }
     }
     let key = line.slice(tokens[1])
@@ -260,7 +274,9 @@ extension MemcacheHandler {
     }
   }
 
-  private func arithmetic(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, increment: Bool) -> Outcome {
+  private func arithmetic(_ line: UnsafeRawBufferPointer, _ tokens: Tokens, increment: Bool)
+    -> Outcome
+  {
     let noreply = isNoreply(line, tokens)
     let key = line.slice(tokens[1])
     guard key.count <= CacheLimits.maxKeyLength else {
@@ -293,7 +309,8 @@ extension MemcacheHandler {
       return reply("CLIENT_ERROR invalid exptime argument", noreply: noreply)
     }
     do {
-      return reply(try store.touch(key, exptime: Int64(exptime)) ? "TOUCHED" : "NOT_FOUND", noreply: noreply)
+      return reply(
+        try store.touch(key, exptime: Int64(exptime)) ? "TOUCHED" : "NOT_FOUND", noreply: noreply)
     } catch {
       return frozen()
     }

@@ -104,8 +104,12 @@ public final class MemcacheHandler: ChannelInboundHandler {
       let outcome = pending != nil ? completeStore() : nextLine()
       switch outcome {
       case .done: frozenSince = nil
-      case .needMoreInput: compactInput(); return
-      case .frozen: park(context); return
+      case .needMoreInput:
+        compactInput()
+        return
+      case .frozen:
+        park(context)
+        return
       case .close: closing = true
       }
     }

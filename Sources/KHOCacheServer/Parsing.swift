@@ -49,7 +49,9 @@ struct ParsedNumber {
     var index = 0
     while index < bytes.count && isSpaceByte(bytes[index]) { index += 1 }
     negative = false
-    if index < bytes.count && (bytes[index] == UInt8(ascii: "-") || bytes[index] == UInt8(ascii: "+")) {
+    if index < bytes.count
+      && (bytes[index] == UInt8(ascii: "-") || bytes[index] == UInt8(ascii: "+"))
+    {
       negative = bytes[index] == UInt8(ascii: "-")
       index += 1
     }
@@ -89,7 +91,9 @@ func parseInt32Truncating(_ bytes: UnsafeRawBufferPointer) -> Int32? {
   return Int32(truncatingIfNeeded: value)
 }
 
-@inline(__always) func isSpaceByte(_ byte: UInt8) -> Bool { byte == 32 || (byte >= 9 && byte <= 13) }
+@inline(__always) func isSpaceByte(_ byte: UInt8) -> Bool {
+  byte == 32 || (byte >= 9 && byte <= 13)
+}
 
 #if canImport(Glibc)
   import Glibc

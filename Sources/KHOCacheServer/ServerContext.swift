@@ -88,10 +88,13 @@ public final class CacheServerContext: Sendable {
       ("total_connections", "\(totalConnections.load(ordering: .relaxed))"),
       ("rejected_connections", "\(rejectedConnections.load(ordering: .relaxed))"),
     ]
-    for name in ["cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
-      "get_flushed", "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses", "decr_hits",
-      "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses", "store_too_large", "store_no_memory"]
-    {
+    for name in [
+      "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
+      "get_flushed", "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses",
+      "decr_hits",
+      "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses", "store_too_large",
+      "store_no_memory",
+    ] {
       lines.append((name, "\(store[name])"))
     }
     lines += [

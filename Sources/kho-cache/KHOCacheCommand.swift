@@ -16,7 +16,8 @@ import NIOPosix
 struct KHOCacheCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kho-cache",
-    abstract: "A memcached-compatible cache server (text protocol) that keeps its items in one memory region.",
+    abstract:
+      "A memcached-compatible cache server (text protocol) that keeps its items in one memory region.",
     discussion: """
       Options follow memcached's: point any memcached client at --listen:--port.
       Items, the hash index and the LRU live in one region addressed by offsets,
@@ -32,7 +33,9 @@ struct KHOCacheCommand: ParsableCommand {
   @Option(name: [.short, .customLong("memory-limit")], help: "Item memory in megabytes.")
   var memoryLimit: Int = 64
 
-  @Option(name: [.short, .customLong("max-connections")], help: "Most simultaneous connections.")
+  @Option(
+    name: [.customShort("c"), .customLong("max-connections")],
+    help: "Most simultaneous connections.")
   var maxConnections: Int = 1024
 
   @Option(
@@ -86,7 +89,9 @@ struct KHOCacheCommand: ParsableCommand {
 /// memcached's size syntax for -I: a number with an optional k/m/g suffix.
 func parseSize(_ text: String) -> Int? {
   guard let last = text.last else { return nil }
-  let factors: [Character: Int] = ["k": 1 << 10, "K": 1 << 10, "m": 1 << 20, "M": 1 << 20, "g": 1 << 30, "G": 1 << 30]
+  let factors: [Character: Int] = [
+    "k": 1 << 10, "K": 1 << 10, "m": 1 << 20, "M": 1 << 20, "g": 1 << 30, "G": 1 << 30,
+  ]
   if let factor = factors[last] {
     return Int(text.dropLast()).map { $0 * factor }
   }

@@ -1,3 +1,0 @@
-import Testing
-import KHOCacheStore
-@Test func stub() {}
