@@ -87,6 +87,24 @@ public enum HandoverImage {
     return Incoming(record: record, memCache: memCache, tree: tree)
   }
 
+  /// Rewrites the checksum of the record at `recordAddress` to match what
+  /// is in scratch now. For tools and tests that edit a handover on purpose
+  /// (to check that the next image refuses what the checksum no longer
+  /// catches); a service never needs it.
+  public static func reseal(recordAddress: UInt64, in arena: UnsafeMutableRawBufferPointer)
+    throws(HandoverError)
+  {
+    let at = Int(recordAddress)
+    guard at >= 0, at + HandoverRecord.size <= arena.count else {
+      throw .badRecord("record outside the arena")
+    }
+    let record = try HandoverRecord.decode(
+      UnsafeRawBufferPointer(rebasing: arena[at..<at + HandoverRecord.size]))
+    try record.validate(arenaSize: UInt64(arena.count), pageSize: record.pageSize)
+    let sum = checksum(of: record, in: UnsafeRawBufferPointer(arena))
+    arena.storeBytes(of: sum, toByteOffset: at + HandoverRecord.checksumOffset, as: UInt64.self)
+  }
+
   /// FNV-1a over the record's first 88 bytes, the mem cache and the blob.
   static func checksum(of record: HandoverRecord, in arena: UnsafeRawBufferPointer) -> UInt64 {
     var hash = FNV1a64()

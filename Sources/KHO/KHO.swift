@@ -221,6 +221,15 @@ public final class KHO: Sendable {
   private static func peekPageSize(_ location: HandoverLocation) throws(HandoverError)
     -> ArenaPageSize
   {
+    // The fd first: a record read from something that is not the arena
+    // would only give a confusing error.
+    let target: String
+    do { target = try FileDescriptor(rawValue: location.fd).procLinkTarget() } catch {
+      throw .badArenaFD("fd \(location.fd) is not open: \(error)")
+    }
+    guard target.hasPrefix("/memfd:") else {
+      throw .badArenaFD("fd \(location.fd) is \(target), not a memfd")
+    }
     var bytes = [UInt8](repeating: 0, count: HandoverRecord.size)
     guard location.recordAddress <= UInt64(Int64.max - Int64(HandoverRecord.size)) else {
       throw .badRecord(
