@@ -164,7 +164,8 @@ public final class ControlMount: Sendable {
   /// ```
   ///
   /// - Parameters:
-  ///   - fd: the inherited /dev/fuse fd; the mount owns it from now on.
+  ///   - fd: the inherited /dev/fuse fd; the mount owns it from now on and
+  ///     sets close-on-exec on it.
   ///   - negotiated: the state the previous image exported.
   ///   - tree: the files to serve, with the same paths as the previous
   ///     image's (node ids derive from paths).
@@ -174,7 +175,10 @@ public final class ControlMount: Sendable {
   public static func adopt(fd: Int32, negotiated: ControlConnectionState, tree: ControlTree)
     throws(ControlMountError) -> ControlMount
   {
-    _ = try systemCall("fcntl F_GETFD") { fcntl(fd, F_GETFD) }
+    // Close-on-exec again: a child that inherited the connection would keep
+    // it alive after this service dies, leaving callers hanging instead of
+    // getting ENOTCONN. The runtime clears it on the fds it hands over.
+    _ = try systemCall("fcntl F_SETFD") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
     let fusermount = Mounting.findFusermount(nil)
     let mount = ControlMount(fd: fd, tree: tree, negotiated: negotiated, fusermount: fusermount)
     try mount.startServing()
@@ -280,6 +284,20 @@ public final class ControlMount: Sendable {
     precondition(!isServingThread, "ControlMount.abandon() from its own handler")
     stop()
     if takeDescriptor() { closeDescriptor(fileDescriptor) }
+  }
+
+  /// Stops serving and gives up the connection without closing it or
+  /// unmounting: whoever adopts the returned fd serves it from now on, and
+  /// ``unmount()`` and ``abandon()`` of this mount no longer touch it. For a
+  /// next image living in the same process (tests), or an old image that
+  /// keeps running after handing over.
+  ///
+  /// - Returns: the /dev/fuse fd.
+  public func detach() -> Int32 {
+    precondition(!isServingThread, "ControlMount.detach() from its own handler")
+    stop()
+    _ = takeDescriptor()
+    return fileDescriptor
   }
 
   /// Marks the fd closed; `false` if it already was.

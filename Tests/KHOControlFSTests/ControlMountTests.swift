@@ -202,19 +202,18 @@ struct ToyKHO: Sendable {
     try withMount(ToyKHO().tree) { first, root in
       let scratch = root + "/kernel/kho/scratch_len"
       #expect(readText(scratch) == "0x1000\n")
-      first.stop()
+      let fd = first.detach()
       // A reader arriving while nobody serves waits in the kernel's queue.
       let reader = try BackgroundCall { readText(scratch) }
       sleep(milliseconds: 300)
       #expect(!reader.isDone)
       let state = try ControlConnectionState(encoded: first.negotiated.encoded)
       let second = try ControlMount.adopt(
-        fd: first.fileDescriptor, negotiated: state, tree: next.tree)
+        fd: fd, negotiated: state, tree: next.tree)
       #expect(reader.join() == "0x2000\n")
       #expect(readText(scratch) == "0x2000\n")
       #expect(writeFile(root + "/kernel/kho/active", "1\n") == 0)
       #expect(next.active.value)
-      // The first image's unmount below must not touch the adopted fd.
       try second.unmount()
     }
   }
@@ -232,17 +231,45 @@ struct ToyKHO: Sendable {
     try withMount(tree) { first, root in
       let writer = try BackgroundCall { writeFile(root + "/kernel/kexec/execute", "1\n") }
       while handedOver.value == nil { sleep(milliseconds: 10) }
-      first.stop()
+      let fd = first.detach()
       sleep(milliseconds: 200)
       #expect(!writer.isDone)
       let state = try #require(handedOver.value)
       #expect(state.pendingWrite?.size == 2)
       let second = try ControlMount.adopt(
-        fd: first.fileDescriptor, negotiated: try ControlConnectionState(encoded: state.encoded),
+        fd: fd, negotiated: try ControlConnectionState(encoded: state.encoded),
         tree: tree)
       #expect(writer.join() == 0)
       #expect(readText(root + "/kernel/kexec_loaded") == "1\n")
       try second.unmount()
+    }
+  }
+
+  @Test func anOverlappedHandoverRepliesOnceTheNextImageServes() throws {
+    var nextKHO = ToyKHO()
+    nextKHO.tag = "0x2000"
+    let nextTree = nextKHO.tree
+    let second = Shared<ControlMount?>(nil)
+    let tree = ControlTree([
+      "kernel/kexec/execute": .trigger { _ throws(FileError) in
+        let first = ControlMount.current!
+        // The next image, spawned while this handler waits, adopts the
+        // connection and answers what arrives meanwhile.
+        second.value = try? ControlMount.adopt(
+          fd: first.fileDescriptor, negotiated: first.prepareHandover(), tree: nextTree)
+        let scratch = first.mountPoint + "/kernel/kho/scratch_len"
+        guard readText(scratch) == "0x2000\n" else { throw FileError(errno: EIO) }
+        // Ready: reply to the writer, then read no more.
+        first.stop()
+      },
+      "kernel/kho/scratch_len": .attribute(mode: 0o400) { Array("0x1000\n".utf8) },
+    ])
+    try withMount(tree) { first, root in
+      #expect(writeFile(root + "/kernel/kexec/execute", "1\n") == 0)
+      _ = first.detach()
+      let next = try #require(second.value)
+      #expect(readText(root + "/kernel/kho/scratch_len") == "0x2000\n")
+      try next.unmount()
     }
   }
 
