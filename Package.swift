@@ -97,6 +97,14 @@ let package = Package(
       ]
     ),
     .testTarget(name: "KHOCacheStoreTests", dependencies: ["KHOCacheStore"]),
+    .testTarget(
+      name: "KHOCacheServerTests",
+      dependencies: [
+        "KHOCacheServer", "KHOCacheStore",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+      ]
+    ),
 
     // The control file system: the FUSE kernel protocol spoken on /dev/fuse
     // directly, so the next image goes on serving the same connection.

@@ -33,6 +33,9 @@ public final class MemcacheHandler: ChannelInboundHandler {
   var frozenSince: NIODeadline?
   var closing = false
   var admitted = false
+  /// The connection's event loop: its `now` is the clock of the freeze
+  /// wait (so that tests on an embedded loop can move it).
+  var eventLoop: (any EventLoop)?
 
   /// The longest line memcached waits for without a newline (2048), unless
   /// it is a get; and how long a get line may grow before we give up.
@@ -43,6 +46,10 @@ public final class MemcacheHandler: ChannelInboundHandler {
   public init(context: CacheServerContext) {
     self.shared = context
     self.output = ByteBuffer()
+  }
+
+  public func handlerAdded(context: ChannelHandlerContext) {
+    eventLoop = context.eventLoop
   }
 
   public func channelActive(context: ChannelHandlerContext) {
@@ -161,8 +168,7 @@ public final class MemcacheHandler: ChannelInboundHandler {
   /// the limit.
   private func park(_ context: ChannelHandlerContext) {
     parked = true
-    let now = NIODeadline.now()
-    if frozenSince == nil { frozenSince = now }
+    if frozenSince == nil { frozenSince = context.eventLoop.now }
     flushOutput(context)
     context.eventLoop.assumeIsolated().scheduleTask(in: shared.configuration.frozenRetryInterval) {
       self.parked = false
@@ -175,8 +181,8 @@ public final class MemcacheHandler: ChannelInboundHandler {
   /// Whether a command that met a frozen store has waited long enough to be
   /// answered with an error instead.
   var frozenWaitExpired: Bool {
-    guard let frozenSince else { return false }
-    return NIODeadline.now() - frozenSince >= shared.configuration.frozenWaitLimit
+    guard let frozenSince, let eventLoop else { return false }
+    return eventLoop.now - frozenSince >= shared.configuration.frozenWaitLimit
   }
 
   // MARK: Output

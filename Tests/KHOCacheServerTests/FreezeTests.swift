@@ -1,0 +1,63 @@
+import KHOCacheServer
+import KHOCacheStore
+import NIOCore
+import NIOEmbedded
+import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The protocol side of a freeze: mutations wait (reads do not), then
+/// complete on unfreeze, or fail after the limit.
+@Suite struct FreezeTests {
+  let store: CacheStore
+  let channel = EmbeddedChannel()
+
+  init() throws {
+    let size = 2 << 20
+    let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)!
+    store = try CacheStore.format(
+      region: CacheRegion(base: base, size: size), itemSizeMax: 64 << 10)
+    var configuration = CacheServerConfiguration()
+    configuration.frozenWaitLimit = .seconds(1)
+    let context = CacheServerContext(store: store, configuration: configuration)
+    try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))
+    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+  }
+
+  func send(_ text: String) throws {
+    try channel.writeInbound(channel.allocator.buffer(string: text))
+  }
+
+  func received() throws -> String {
+    var text = ""
+    while var buffer = try channel.readOutbound(as: ByteBuffer.self) {
+      text += buffer.readString(length: buffer.readableBytes)!
+    }
+    return text
+  }
+
+  @Test func mutationWaitsForUnfreeze() throws {
+    try send("set a 0 0 1\r\nx\r\n")
+    #expect(try received() == "STORED\r\n")
+    store.freeze()
+    try send("get a\r\nset a 0 0 1\r\ny\r\nget a\r\n")
+    // The read before the mutation is answered; the mutation and what follows wait.
+    #expect(try received() == "VALUE a 0 1\r\nx\r\nEND\r\n")
+    (channel.eventLoop as! EmbeddedEventLoop).advanceTime(by: .milliseconds(10))
+    #expect(try received() == "")
+    store.unfreeze()
+    (channel.eventLoop as! EmbeddedEventLoop).advanceTime(by: .milliseconds(2))
+    #expect(try received() == "STORED\r\nVALUE a 0 1\r\ny\r\nEND\r\n")
+  }
+
+  @Test func mutationFailsAfterTheLimit() throws {
+    store.freeze()
+    try send("delete a\r\nversion\r\n")
+    let loop = channel.eventLoop as! EmbeddedEventLoop
+    for _ in 0..<1100 { loop.advanceTime(by: .milliseconds(1)) }
+    let text = try received()
+    #expect(text.hasPrefix("SERVER_ERROR frozen for handover\r\nVERSION "))
+  }
+}
