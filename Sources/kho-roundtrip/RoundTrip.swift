@@ -50,6 +50,9 @@ struct RoundTrip {
     var expectScratch: UInt64?
     var expectFDs: Int?
     var socket = false
+    /// Serve the line protocol of Serve.swift on a listening socket.
+    var serve = false
+    var port: UInt16 = 0
     /// Boot, then never report ready (to test the overlapped timeout).
     var hang = false
     var executable = CommandLine.arguments[0]
@@ -73,6 +76,8 @@ struct RoundTrip {
         case "--expect-fds": expectFDs = Int(try value())
         case "--socket": socket = true
         case "--hang": hang = true
+        case "--serve": serve = true
+        case "--port": port = UInt16(try value()) ?? 0
         case "--next": executable = try value()
         default: throw Failure("unknown argument \(argv[i])")
         }
@@ -93,12 +98,14 @@ struct RoundTrip {
       throw Failure("scratch moved from \(expected) to \(kho.scratch.lowerBound)")
     }
     let pattern = try Pattern.restoreOrCreate(kho, fill: args.fill)
-    let ring = try TraceRing.restore(from: kho) ?? TraceRing.create(in: kho, capacity: 16)
-    let listener = try args.socket ? (runtime.inherited["listen"] ?? listeningSocket()) : nil
+    let ring = try TraceRing.restore(from: kho) ?? TraceRing.create(in: kho, capacity: 1024)
+    let listener =
+      try (args.socket || args.serve)
+      ? (runtime.inherited["listen"] ?? listeningSocket(port: args.port)) : nil
     if let listener { try runtime.register(listener, name: "listen") }
     if args.hang { while true { pause() } }
+    let counter = args.serve ? try Pattern.restoreOrCreate(kho, fill: 4096, counter: true) : nil
     guard runtime.ready() else { exit(4) }
-
     let generation = kho.generation
     try pattern.verify()
     let records = ring.records()
@@ -107,9 +114,24 @@ struct RoundTrip {
     else { throw Failure("trace ring holds \(records)") }
     try ring.append("generation \(generation)")
     let fds = openFDCount()
-    if let expected = args.expectFDs, expected != fds {
+    if !args.serve, let expected = args.expectFDs, expected != fds {
       throw Failure("fd table has \(fds) entries, generation 0 had \(expected)")
     }
+    if let counter, let listener {
+      if kho.generation == 0 { say("PORT \(boundPort(listener))") }
+      LineService(
+        runtime: runtime, listener: listener,
+        counter: (kho.arena.base + Int(counter.range.address)).assumingMemoryBound(to: UInt64.self),
+        args: args,
+        handOver: { toMissing in
+          var next = args
+          next.serve = true
+          if toMissing { next.executable = "/nonexistent/kho-roundtrip" }
+          try handOver(runtime, next, pattern: pattern, fds: -1)
+        }
+      ).serve()
+    }
+
     if generation == args.generations {
       say(
         "OK generation=\(generation) bytes=\(pattern.range.length) scratch=\(kho.scratch.lowerBound) fds=\(fds) records=\(records.count + 1)"
@@ -126,10 +148,11 @@ struct RoundTrip {
     var argv = [
       args.executable, "--generations", "\(args.generations)", "--fill", "\(args.fill)",
       "--mode", args.overlapped ? "overlapped" : "in-place", "--expect-handover",
-      "--expect-scratch", "\(kho.scratch.lowerBound)", "--expect-fds", "\(fds)", "--next",
-      args.executable,
+      "--expect-scratch", "\(kho.scratch.lowerBound)", "--next", args.executable,
     ]
+    if fds >= 0 { argv += ["--expect-fds", "\(fds)"] }
     if args.socket { argv.append("--socket") }
+    if args.serve { argv.append("--serve") }
     var image = NextImage(path: args.executable, arguments: argv)
     if let corrupt = args.corrupt, kho.generation == 0 {
       switch corrupt {
@@ -149,15 +172,19 @@ struct RoundTrip {
     } catch {
       // Rolled back: prove nothing was lost, then report.
       try pattern.verify()
+      if args.serve { throw error }
       say("ROLLBACK generation=\(kho.generation) active=\(kho.outgoing.isActive) \(error)")
       exit(5)
     }
   }
 
-  static func listeningSocket() throws -> Int32 {
+  static func listeningSocket(port: UInt16) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
     addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
     let rc = withUnsafePointer(to: &addr) {
       $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -166,6 +193,15 @@ struct RoundTrip {
     }
     guard fd >= 0, rc == 0, listen(fd, 128) == 0 else { throw Failure("listen: errno \(errno)") }
     return fd
+  }
+
+  static func boundPort(_ fd: Int32) -> UInt16 {
+    var addr = sockaddr_in()
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    return UInt16(bigEndian: addr.sin_port)
   }
 
   static func openFDCount() -> Int {
@@ -187,23 +223,27 @@ struct RoundTrip {
 struct Pattern {
   let kho: KHO
   let range: KHOMemoryRange
+  var compatible = "kho-roundtrip-pattern-v1"
 
-  static func restoreOrCreate(_ kho: KHO, fill: UInt64) throws -> Pattern {
-    if let node = kho.incoming?.findNode(compatible: "kho-roundtrip-pattern-v1") {
+  static func restoreOrCreate(_ kho: KHO, fill: UInt64, counter: Bool = false) throws -> Pattern {
+    let compatible = counter ? "kho-roundtrip-counter-v1" : "kho-roundtrip-pattern-v1"
+    if let node = kho.incoming?.findNode(compatible: compatible) {
       guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
         throw RoundTrip.Failure("pattern node has no mem pair")
       }
       let range = KHOMemoryRange(address: mem[0], length: mem[1])
       _ = try kho.incoming!.claim(range)
-      let pattern = Pattern(kho: kho, range: range)
+      let pattern = Pattern(kho: kho, range: range, compatible: compatible)
       try pattern.registerNotifier()
       return pattern
     }
     let pages = try kho.allocator.allocate(bytes: fill)
-    let pattern = Pattern(kho: kho, range: KHOMemoryRange(address: pages.lowerBound, length: fill))
+    let pattern = Pattern(
+      kho: kho, range: KHOMemoryRange(address: pages.lowerBound, length: fill),
+      compatible: compatible)
     let base = kho.arena.base + Int(pages.lowerBound)
     for i in stride(from: 0, to: Int(fill), by: 8) {
-      (base + i).storeBytes(of: Self.word(UInt64(i)), as: UInt64.self)
+      (base + i).storeBytes(of: counter ? 0 : Self.word(UInt64(i)), as: UInt64.self)
     }
     try pattern.registerNotifier()
     return pattern
@@ -224,12 +264,14 @@ struct Pattern {
 
   func registerNotifier() throws {
     let range = self.range
+    let compatible = self.compatible
+    let name = compatible == "kho-roundtrip-pattern-v1" ? "pattern" : "counter"
     try kho.outgoing.register(
       KHONotifier(
-        name: "pattern",
+        name: name,
         dump: { writer in
-          try writer.beginNode("pattern")
-          try writer.property("compatible", string: "kho-roundtrip-pattern-v1")
+          try writer.beginNode(name)
+          try writer.property("compatible", string: compatible)
           try writer.property("mem", native: [range.address, range.length])
           try writer.endNode()
         }))
