@@ -87,6 +87,21 @@ func measure(_ reps: Int, _ body: () -> Void) -> Stats {
   return Stats(samples: samples)
 }
 
+/// Both sides, repetitions interleaved (ours, theirs, ours, ...) so that
+/// load from other processes falls on both alike.
+func measurePair(_ reps: Int, _ ours: () -> Void, _ theirs: () -> Void) -> (Stats, Stats) {
+  let clock = ContinuousClock()
+  ours()  // warm-up, not counted
+  theirs()
+  var a: [Duration] = []
+  var b: [Duration] = []
+  for _ in 0..<reps {
+    a.append(clock.measure(ours))
+    b.append(clock.measure(theirs))
+  }
+  return (Stats(samples: a), Stats(samples: b))
+}
+
 func measureOnce(_ body: () -> Void) -> Stats {
   Stats(samples: [ContinuousClock().measure(body)])
 }
@@ -328,8 +343,8 @@ if options.only.contains("a") {
   print("a. write a \(tree.nodeCount)-node tree, 5 properties per node (libfdt layout)")
   let capacity = 4 << 20
   let identity = compare("a", tree.writeSwift(), tree.writeC(capacity: capacity))
-  let ours = measure(options.reps) { blackHole(tree.writeSwift()) }
-  let theirs = measure(options.reps) { blackHole(tree.writeC(capacity: capacity)) }
+  let (ours, theirs) = measurePair(
+    options.reps, { blackHole(tree.writeSwift()) }, { blackHole(tree.writeC(capacity: capacity)) })
   report(
     Row(
       name: "a. write \(tree.nodeCount) nodes × 5 properties", ours: ours, libfdt: theirs,
@@ -448,26 +463,27 @@ if options.only.contains("c") {
     "  c: checksums libfdt \(cSum), FDT \(swiftSum)\(cSum == swiftSum ? " (equal)" : " DIFFER")")
   if cSum != swiftSum { failures += 1 }
 
-  let oursCheck = measure(options.reps) { blackHole(try! FlattenedDeviceTree(bytes: blob)) }
-  let theirsCheck = measure(options.reps) { blob.withUnsafeBytes { checkC($0.baseAddress!) } }
+  let (oursCheck, theirsCheck) = measurePair(
+    options.reps, { blackHole(try! FlattenedDeviceTree(bytes: blob)) },
+    { blob.withUnsafeBytes { checkC($0.baseAddress!) } })
   report(
     Row(
       name: "c1. validate \(tree.nodeCount) nodes", ours: oursCheck, libfdt: theirsCheck, note: ""))
   let opened = try! FlattenedDeviceTree(bytes: blob)
-  let oursWalk = measure(options.reps) { blackHole(walkSwift(opened)) }
-  let theirsWalk = measure(options.reps) {
-    blackHole(blob.withUnsafeBytes { walkC($0.baseAddress!) })
-  }
+  let (oursWalk, theirsWalk) = measurePair(
+    options.reps, { blackHole(walkSwift(opened)) },
+    { blackHole(blob.withUnsafeBytes { walkC($0.baseAddress!) }) })
   report(
     Row(name: "c2. walk \(tree.nodeCount) nodes", ours: oursWalk, libfdt: theirsWalk, note: ""))
-  let ours = measure(options.reps) { blackHole(walkSwift(try! FlattenedDeviceTree(bytes: blob))) }
-  let theirs = measure(options.reps) {
-    blackHole(
-      blob.withUnsafeBytes { raw in
-        checkC(raw.baseAddress!)
-        return walkC(raw.baseAddress!)
-      })
-  }
+  let (ours, theirs) = measurePair(
+    options.reps, { blackHole(walkSwift(try! FlattenedDeviceTree(bytes: blob))) },
+    {
+      blackHole(
+        blob.withUnsafeBytes { raw in
+          checkC(raw.baseAddress!)
+          return walkC(raw.baseAddress!)
+        })
+    })
   report(
     Row(
       name: "c. validate + walk \(tree.nodeCount) nodes", ours: ours, libfdt: theirs,
