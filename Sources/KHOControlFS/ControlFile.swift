@@ -8,11 +8,12 @@
 /// mutex behind a sysfs attribute.
 ///
 /// ```swift
-/// var enabled = false  // guarded by the mount's serialisation in real code
+/// let enabled = Mutex(false)
 /// let file = ControlFile.attribute(mode: 0o600) {
-///   Array("0\n".utf8)
+///   Array((enabled.withLock { $0 } ? "1\n" : "0\n").utf8)
 /// } store: { bytes throws(FileError) in
-///   if bytes.isEmpty { throw .invalidArgument }
+///   guard let first = bytes.first, first == 0x30 || first == 0x31 else { throw .invalidArgument }
+///   enabled.withLock { $0 = first == 0x31 }
 /// }
 /// ```
 public struct ControlFile: Sendable {
