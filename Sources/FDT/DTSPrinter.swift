@@ -35,10 +35,7 @@ extension FlattenedDeviceTree {
       out.append(";\n")
     }
     var level = 0
-    // dtc's `name_properties` check deletes a node's first "name" property
-    // when it equals the node's base name (its name up to '@') plus NUL;
-    // per open node: that expected value, or nil once a "name" was seen.
-    var nameProperty: [[UInt8]?] = []
+    var names = DTCNameProperties()
     walk { event in
       switch event {
       case .beginNode(let node):
@@ -48,24 +45,43 @@ extension FlattenedDeviceTree {
         out.append(name.isEmpty ? "/" : name)
         out.append(" {\n")
         level += 1
-        nameProperty.append(Array(name.utf8.prefix { $0 != UInt8(ascii: "@") }) + [0])
+        names.enter(name)
       case .property(let property):
         let propertyName = property.name
-        if propertyName == "name", let expected = nameProperty[nameProperty.count - 1] {
-          nameProperty[nameProperty.count - 1] = nil
-          if property.value.elementsEqual(expected) { return }
-        }
+        if names.drops(property, named: propertyName) { return }
         out.indent(level)
         out.append(propertyName)
         property.withValueBytes { out.appendValue($0) }
       case .endNode:
-        nameProperty.removeLast()
+        names.leave()
         level -= 1
         out.indent(level)
         out.append("};\n")
       }
     }
     return out.bytes
+  }
+}
+
+/// dtc's `name_properties` check, which deletes a node's first `name`
+/// property when it equals the node's base name (up to `@`) plus NUL: a
+/// leftover of version-1 blobs. Both `dtc -O dts` and `dtc -O dtb` lose it.
+struct DTCNameProperties {
+  /// Per open node: the value that would be dropped, or nil once the
+  /// node's first `name` property was seen.
+  private var expected: [[UInt8]?] = []
+
+  mutating func enter(_ nodeName: String) {
+    expected.append(Array(nodeName.utf8.prefix { $0 != UInt8(ascii: "@") }) + [0])
+  }
+
+  mutating func leave() { expected.removeLast() }
+
+  /// Whether dtc drops `property` (called `name`) of the open node.
+  mutating func drops(_ property: FDTProperty, named name: String) -> Bool {
+    guard name == "name", let value = expected[expected.count - 1] else { return false }
+    expected[expected.count - 1] = nil
+    return property.value.elementsEqual(value)
   }
 }
 

@@ -1,6 +1,7 @@
 extension FlattenedDeviceTree {
   /// The same tree written anew in `layout`: reservations, nodes and
-  /// properties in order, NOPs dropped, the boot CPU kept.
+  /// properties in order, NOPs dropped, the boot CPU kept. In dtc's layout,
+  /// a redundant `name` property is dropped too, as dtc does.
   ///
   /// ```swift
   /// let tree = try FlattenedDeviceTree(bytes: blob)
@@ -12,15 +13,20 @@ extension FlattenedDeviceTree {
     for entry in reservations {
       try writer.addReservation(address: entry.address, size: entry.size)
     }
+    var names = DTCNameProperties()
     try walk { (event) throws(FDTError) in
       switch event {
       case .beginNode(let node):
-        try writer.beginNode(node.name)
+        let name = node.name
+        names.enter(name)
+        try writer.beginNode(name)
       case .property(let property):
+        if layout == .dtc && names.drops(property, named: property.name) { return }
         try property.withValueBytes { (value) throws(FDTError) in
           try writer.property(property.name, count: value.count) { $0.copyMemory(from: value) }
         }
       case .endNode:
+        names.leave()
         try writer.endNode()
       }
     }

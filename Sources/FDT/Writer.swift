@@ -106,6 +106,9 @@ public struct FDTWriter: Sendable {
     case .finished:
       throw FDTError(.badState, at: nil, "the writer is finished")
     }
+    if depth == 0 && !name.isEmpty {
+      throw FDTError(.badName, at: nil, "the root node must be named \"\", not \"\(name)\"")
+    }
     var name = name
     let mark = structure.count
     let hasNUL: Bool = name.withUTF8 { n in

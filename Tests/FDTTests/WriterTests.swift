@@ -99,9 +99,7 @@ func writeSample(_ w: inout FDTWriter) throws(FDTError) {
   /// test suite do), so the writer should refuse to write one.
   @Test func namedRoot() {
     var w = FDTWriter()
-    withKnownIssue("FDTWriter.beginNode does not yet refuse a named root") {
-      expectFDTError(.badName) { () throws(FDTError) in try w.beginNode("root") }
-    }
+    expectFDTError(.badName) { () throws(FDTError) in try w.beginNode("root") }
   }
 
   @Test func reservationAfterNode() throws {

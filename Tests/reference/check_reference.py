@@ -545,11 +545,7 @@ def first_diff(a, b):
 
 # Differences between kho and dtc that are known and reported rather than
 # failed: (tree name, comparison label suffix) -> why.
-KNOWN_DIFFERENCES = {
-    ("name-property", "convert --layout dtc == dtc -O dtb"):
-        "dtc's name_properties check deletes a \"name\" property equal to the node's base name; "
-        "FlattenedDeviceTree.rewritten(layout: .dtc) (Rewrite.swift) keeps it",
-}
+KNOWN_DIFFERENCES: dict = {}
 # Trees whose content dtc changes, so that dtc's blob is not FdtSw's tree.
 DTC_CHANGES_CONTENT = {"name-property"}
 
