@@ -53,7 +53,7 @@ let package = Package(
     // byte; the exec round-trip tests drive it.
     .executableTarget(
       name: "kho-roundtrip",
-      dependencies: ["KHO", "KHORuntime", "KHOExamples"]
+      dependencies: ["KHO", "KHORuntime", "KHOExamples", "KHOServiceControl"]
     ),
 
     // The `kho` command line.
@@ -90,7 +90,8 @@ let package = Package(
     .executableTarget(
       name: "kho-cache",
       dependencies: [
-        "KHOCacheStore", "KHOCacheServer",
+        "KHOCacheStore", "KHOCacheServer", "KHO", "KHORuntime",
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -110,6 +111,16 @@ let package = Package(
     // directly, so the next image goes on serving the same connection.
     .target(name: "CFUSEKernel"),
     .target(name: "KHOControlFS", dependencies: ["CFUSEKernel"]),
+
+    // A service's control mount: KHOControlFS serving KHO's attributes and
+    // the runtime's load/execute.
+    .target(
+      name: "KHOServiceControl",
+      dependencies: [
+        "KHO", "KHORuntime", "KHOControlFS",
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
     .testTarget(name: "KHOControlFSTests", dependencies: ["KHOControlFS"]),
   ],
   swiftLanguageModes: [.v6]

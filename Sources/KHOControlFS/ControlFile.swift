@@ -23,6 +23,11 @@ public struct ControlFile: Sendable {
   /// Consumes the bytes of one `write(2)` (at most 4096: larger writes fail
   /// with E2BIG before reaching the handler).
   public typealias Writer = @Sendable (_ bytes: [UInt8]) throws(FileError) -> Void
+  /// A writer that also sees the file offset of the write, for files whose
+  /// content may arrive in several `write(2)` calls of one open (a shell's
+  /// `printf` writes each argument separately).
+  public typealias OffsetWriter =
+    @Sendable (_ offset: Int, _ bytes: [UInt8]) throws(FileError) -> Void
 
   /// Permission bits, `0o600`, `0o400`, `0o444`, `0o200`... The kernel
   /// enforces them against the caller (`default_permissions`); in addition,
@@ -33,6 +38,8 @@ public struct ControlFile: Sendable {
   public var read: Reader?
   /// What `write(2)` does; `nil`: not writable.
   public var write: Writer?
+  /// When set, used instead of ``write`` with the offset of each write.
+  public var writeAt: OffsetWriter?
   /// The size `stat(2)` reports. Reads do not depend on it (direct I/O).
   public var size: @Sendable () -> UInt64
   /// Whether the file exists now: when `false`, lookups give ENOENT and the
@@ -92,6 +99,18 @@ public struct ControlFile: Sendable {
   /// - Parameters:
   ///   - mode: permission bits, typically `0o200`.
   ///   - store: what a write does.
+  /// A file whose writes see their offset: offset 0 starts new content,
+  /// later offsets continue it.
+  public static func offsetAttribute(
+    mode: UInt32, show: @escaping @Sendable () throws(FileError) -> [UInt8],
+    store: @escaping OffsetWriter
+  ) -> ControlFile {
+    var file = attribute(
+      mode: mode, show: show, store: { (bytes) throws(FileError) in try store(0, bytes) })
+    file.writeAt = store
+    return file
+  }
+
   public static func trigger(mode: UInt32 = 0o200, store: @escaping Writer) -> ControlFile {
     ControlFile(mode: mode, read: nil, write: store)
   }

@@ -196,8 +196,14 @@ struct Session {
     if arguments.size > Self.maxAttributeWrite { return .error(E2BIG) }
     do {
       let file = try openFile(request).get()
-      guard let writer = file.write else { return .error(EACCES) }
-      try writer(Array(request.body[headerSize..<headerSize + Int(arguments.size)]))
+      let data = Array(request.body[headerSize..<headerSize + Int(arguments.size)])
+      if let writeAt = file.writeAt {
+        guard let offset = Int(exactly: arguments.offset) else { return .error(EINVAL) }
+        try writeAt(offset, data)
+      } else {
+        guard let writer = file.write else { return .error(EACCES) }
+        try writer(data)
+      }
     } catch {
       return .error(error.errno)
     }

@@ -15,6 +15,7 @@
 import KHO
 import KHOExamples
 import KHORuntime
+import KHOServiceControl
 import Logging
 
 #if canImport(Glibc)
@@ -23,6 +24,9 @@ import Logging
 
 @main
 struct RoundTrip {
+  /// Kept alive for the life of the process.
+  nonisolated(unsafe) static var control: ServiceControl?
+
   static func main() {
     LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
     do {
@@ -52,6 +56,8 @@ struct RoundTrip {
     var socket = false
     /// Serve the line protocol of Serve.swift on a listening socket.
     var serve = false
+    /// Serve a control mount here (with --serve).
+    var controlMount: String?
     var port: UInt16 = 0
     /// Boot, then never report ready (to test the overlapped timeout).
     var hang = false
@@ -77,6 +83,7 @@ struct RoundTrip {
         case "--socket": socket = true
         case "--hang": hang = true
         case "--serve": serve = true
+        case "--control-mount": controlMount = try value()
         case "--port": port = UInt16(try value()) ?? 0
         case "--next": executable = try value()
         default: throw Failure("unknown argument \(argv[i])")
@@ -119,6 +126,13 @@ struct RoundTrip {
     }
     if let counter, let listener {
       if kho.generation == 0 { say("PORT \(boundPort(listener))") }
+      if let path = args.controlMount {
+        let control = try ServiceControl.start(
+          runtime: runtime, mountPoint: path,
+          hooks: .init(stopServing: {}, resumeServing: {}, committed: { exit(0) }))
+        if kho.generation == 0 { say("MOUNTED \(control.mount.mountPoint)") }
+        Self.control = control
+      }
       LineService(
         runtime: runtime, listener: listener,
         counter: (kho.arena.base + Int(counter.range.address)).assumingMemoryBound(to: UInt64.self),

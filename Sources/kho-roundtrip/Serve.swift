@@ -62,6 +62,7 @@ struct LineService {
         reply(conn, "ROLLBACK \(error)\n")
       }
     case "QUIT":
+      RoundTrip.control?.unmount()
       reply(conn, "BYE\n")
       exit(0)
     default:

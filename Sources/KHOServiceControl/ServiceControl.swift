@@ -1,0 +1,286 @@
+// The control mount of a service: the FUSE file system of KHOControlFS,
+// with KHO's attribute model behind /sys/kernel/kho and /sys/firmware/kho
+// and the runtime's handover behind the kexec files. It only forwards.
+
+import KHO
+import KHOControlFS
+import KHORuntime
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A service's control mount, the user-space `/sys/kernel/kho`.
+///
+/// ```swift
+/// let runtime = try HandoverRuntime.boot(options)
+/// // ... claim state, runtime.ready() ...
+/// let control = try ServiceControl.start(
+///   runtime: runtime, mountPoint: "/run/my-service/kho",
+///   hooks: .init(stopServing: { listener.pause() }, resumeServing: { listener.resume() }, committed: { exit(0) }))
+/// // operators: echo 1 > /run/my-service/kho/kernel/kho/active; kho exec /run/my-service/kho -- /usr/bin/my-service
+/// ```
+public final class ServiceControl: Sendable {
+  /// What the service does around a handover started from the mount.
+  public struct Hooks: Sendable {
+    /// Before a handover: stop accepting on handed-over listeners.
+    public var stopServing: @Sendable () -> Void
+    /// After a failed handover: accept again; nothing was lost.
+    public var resumeServing: @Sendable () -> Void
+    /// After an overlapped handover: the next image serves and the reply to
+    /// the `execute` write went out; the service must exit now.
+    public var committed: @Sendable () -> Void
+
+    public init(
+      stopServing: @escaping @Sendable () -> Void, resumeServing: @escaping @Sendable () -> Void,
+      committed: @escaping @Sendable () -> Void
+    ) {
+      self.stopServing = stopServing
+      self.resumeServing = resumeServing
+      self.committed = committed
+    }
+  }
+
+  /// The name of the FUSE connection among the handed-over fds.
+  public static let fdName = "kho-control"
+
+  /// The extra files beyond ABI.md's, for `kho status`.
+  public enum ExtraPaths {
+    /// `0444`: `"%llu\n"`, 0 after a cold start, n after n handovers.
+    public static let generation = "kernel/kho/generation"
+    /// `0444`: `"0x%llx\n"`, the bytes of the current blob's mem ranges
+    /// while active, else 0.
+    public static let preservedBytes = "kernel/kho/preserved_bytes"
+  }
+
+  public let mount: ControlMount
+  private let runtime: HandoverRuntime
+  private let hooks: Hooks
+  private let logger: Logger
+  private struct Staged {
+    var image: KexecImage?
+    /// The bytes written to `image` since the last write at offset 0.
+    var text: [UInt8] = []
+    var mode: KexecMode = .inPlace
+  }
+  private let staged = Mutex(Staged())
+
+  private init(mount: ControlMount, runtime: HandoverRuntime, hooks: Hooks, logger: Logger) {
+    self.mount = mount
+    self.runtime = runtime
+    self.hooks = hooks
+    self.logger = logger
+  }
+
+  /// Serves the control mount: the previous image's connection if one was
+  /// handed over (answering a pending `execute` write, so that it returns
+  /// now that this image serves), else a new mount at `mountPoint` (a stale
+  /// mount left there by a killed service is cleared first).
+  ///
+  /// Call it after ``HandoverRuntime/ready(status:)``.
+  public static func start(
+    runtime: HandoverRuntime, mountPoint: String, hooks: Hooks,
+    options: ControlMount.Options = .init(), logger: Logger = Logger(label: "kho.control")
+  ) throws(ControlMountError) -> ServiceControl {
+    let box = ControlBox()
+    let tree = makeTree(box, attributes: runtime.kho.attributes)
+    let mount: ControlMount
+    if let fd = runtime.inherited[fdName],
+      let encoded = getenv(ControlConnectionState.environmentVariable).map({ String(cString: $0) })
+    {
+      unsetenv(ControlConnectionState.environmentVariable)
+      mount = try ControlMount.adopt(
+        fd: fd, negotiated: try ControlConnectionState(encoded: encoded), tree: tree)
+      logger.info(
+        "kho: serving the control mount at \(mount.mountPoint) handed over by the previous image")
+    } else {
+      mount = try ControlMount.mount(at: mountPoint, tree: tree, options: options)
+      logger.info("kho: control mount at \(mountPoint)")
+    }
+    let control = ServiceControl(mount: mount, runtime: runtime, hooks: hooks, logger: logger)
+    box.control.withLock { $0 = control }
+    do { try runtime.register(mount.fileDescriptor, name: fdName) } catch {
+      logger.error("kho: the control mount will not survive a handover: \(error)")
+    }
+    return control
+  }
+
+  /// Unmounts, for a clean shutdown.
+  public func unmount() {
+    runtime.unregister(Self.fdName)
+    do { try mount.unmount() } catch {
+      logger.error("kho: unmounting \(mount.mountPoint): \(error)")
+    }
+  }
+
+  // MARK: The files
+
+  /// The tree refers to the control through a box: the mount needs the tree
+  /// before the control exists.
+  private final class ControlBox: Sendable {
+    let control = Mutex<ServiceControl?>(nil)
+    func with<R>(_ body: (ServiceControl) throws(FileError) -> R) throws(FileError) -> R {
+      guard let c = control.withLock({ $0 }) else { throw FileError(errno: EAGAIN) }
+      return try body(c)
+    }
+  }
+
+  private static func makeTree(_ box: ControlBox, attributes: KHOAttributes) -> ControlTree {
+    var files: [String: ControlFile] = [:]
+    for attribute in attributes.table {
+      files[attribute.path] = attributeFile(attribute.path, UInt32(attribute.mode), box)
+    }
+    files[ExtraPaths.generation] = .attribute(mode: 0o444) { () throws(FileError) in
+      try box.with { c throws(FileError) in Array("\(c.runtime.kho.generation)\n".utf8) }
+    }
+    files[ExtraPaths.preservedBytes] = .attribute(mode: 0o444) { () throws(FileError) in
+      try box.with { c throws(FileError) in KHOAttributes.hexShow(c.preservedBytes) }
+    }
+    files[ControlPaths.kexecLoaded] = .attribute(mode: 0o444) { () throws(FileError) in
+      try box.with { c throws(FileError) in
+        Array((c.staged.withLock { $0.image } == nil ? "0\n" : "1\n").utf8)
+      }
+    }
+    files[ControlPaths.kexecImage] = .offsetAttribute(
+      mode: 0o600,
+      show: { () throws(FileError) in
+        try box.with { c throws(FileError) in c.staged.withLock { $0.image?.shown ?? [] } }
+      },
+      store: { (offset, bytes) throws(FileError) in
+        // A write at offset 0 starts a new image; later writes of the same
+        // open continue it (a shell's printf writes argument by argument).
+        try box.with { c throws(FileError) in
+          try c.staged.withLock { (staged) throws(FileError) in
+            let text = offset == 0 ? bytes : staged.text + bytes
+            guard text.count <= 4096 else { throw FileError(errno: E2BIG) }
+            staged.image = try KexecImage(parsing: text)
+            staged.text = text
+          }
+        }
+      })
+    files[ControlPaths.kexecMode] = .attribute(
+      mode: 0o600,
+      show: { () throws(FileError) in
+        try box.with { c throws(FileError) in c.staged.withLock { $0.mode.shown } }
+      },
+      store: { (bytes) throws(FileError) in
+        let mode = try KexecMode(parsing: bytes)
+        try box.with { c throws(FileError) in c.staged.withLock { $0.mode = mode } }
+      })
+    files[ControlPaths.kexecUnload] = .trigger { (bytes) throws(FileError) in
+      try ControlFile.parseTrigger(bytes)
+      try box.with { c throws(FileError) in c.staged.withLock { $0.image = nil } }
+    }
+    files[ControlPaths.kexecExecute] = .trigger { (bytes) throws(FileError) in
+      try ControlFile.parseTrigger(bytes)
+      try box.with { c throws(FileError) in try c.execute() }
+    }
+    return ControlTree(files)
+  }
+
+  /// A file that forwards to KHO's attribute model.
+  private static func attributeFile(_ path: String, _ mode: UInt32, _ box: ControlBox)
+    -> ControlFile
+  {
+    let size: @Sendable () -> Int? = {
+      try? box.with { (c) throws(FileError) -> Int in
+        do throws(KHOErrno) { return try c.runtime.kho.attributes.size(path) } catch {
+          throw FileError(errno: error.rawValue)
+        }
+      }
+    }
+    let read: ControlFile.Reader = { (offset, count) throws(FileError) -> [UInt8] in
+      try box.with { (c) throws(FileError) -> [UInt8] in
+        do throws(KHOErrno) {
+          return try c.runtime.kho.attributes.read(path, offset: UInt64(offset), count: count)
+        } catch { throw FileError(errno: error.rawValue) }
+      }
+    }
+    let write: ControlFile.Writer = { (bytes) throws(FileError) in
+      try box.with { (c) throws(FileError) in
+        do throws(KHOErrno) { try c.runtime.kho.attributes.write(path, bytes) } catch {
+          throw FileError(errno: error.rawValue)
+        }
+      }
+    }
+    return ControlFile(
+      mode: mode, size: { UInt64(size() ?? 0) }, isPresent: { size() != nil }, read: read,
+      write: mode & 0o200 != 0 ? write : nil)
+  }
+
+  private var preservedBytes: UInt64 {
+    guard let tree = runtime.kho.outgoing.dt,
+      let cache = try? MemCache(
+        tree: tree, pageSize: runtime.kho.arena.pageSize.bytes, arenaSize: runtime.kho.arena.size,
+        scratch: runtime.kho.scratch)
+    else { return 0 }
+    return cache.totalBytes
+  }
+
+  // MARK: Executing the next image
+
+  /// `reboot(LINUX_REBOOT_CMD_KEXEC)`: hands over to the staged image. Runs
+  /// on the mount's serving thread, off the service's event loops; other
+  /// requests to the mount wait meanwhile.
+  private func execute() throws(FileError) {
+    let (staged, mode) = self.staged.withLock { ($0.image, $0.mode) }
+    guard let staged else { throw FileError(errno: EINVAL) }
+    guard let current = ControlMount.current else { throw FileError(errno: EIO) }
+    var image = NextImage(path: staged.executable, arguments: staged.arguments)
+    let state = current.prepareHandover(forwardingCurrentWrite: mode == .inPlace)
+    image.environment = Environment.merging(
+      image.environment, [ControlConnectionState.environmentVariable: state.encoded])
+    hooks.stopServing()
+    do {
+      let outcome = try runtime.handover(
+        to: image, mode: mode == .inPlace ? .inPlace : .overlapped(timeout: .seconds(60)))
+      guard case .committed(let pid) = outcome else { return }
+      logger.info("kho: pid \(pid) serves; leaving")
+      // Reply to this write first (the serving thread does once this
+      // handler returns and it stops), then let the service exit.
+      current.stop()
+      let hooks = self.hooks
+      let mount = self.mount
+      let thread = Thread {
+        mount.stop()  // joins the serving thread: the reply is out
+        hooks.committed()
+      }
+      thread.start()
+    } catch {
+      hooks.resumeServing()
+      throw FileError(errno: Self.errno(for: error))
+    }
+  }
+
+  static func errno(for failure: HandoverFailure) -> Int32 {
+    switch failure {
+    case .serialize: return EINVAL
+    case .load(let e): return e.errno.rawValue
+    case .launch(let e): return e.errno
+    case .successorFailed: return ECHILD
+    case .timedOut: return ETIMEDOUT
+    case .busy: return EBUSY
+    }
+  }
+}
+
+/// A plain pthread: the serving thread must be joined from elsewhere.
+final class Thread: @unchecked Sendable {
+  private let body: @Sendable () -> Void
+  init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+
+  func start() {
+    var thread = pthread_t()
+    let context = Unmanaged.passRetained(self).toOpaque()
+    pthread_create(
+      &thread, nil,
+      { raw in
+        let me = Unmanaged<Thread>.fromOpaque(raw!).takeRetainedValue()
+        me.body()
+        return nil
+      }, context)
+    pthread_detach(thread)
+  }
+}
