@@ -197,7 +197,8 @@ extension ControlFiles {
     case (Path.active, ENOMEM):
       return "the service has no scratch region (start it with --kho-scratch)"
     case (Path.active, EINVAL) where writing:
-      return "serialization failed: a subsystem refused, or the blob would exceed kernel/kho/dt_max"
+      return
+        "serialization failed: a subsystem refused to serialize its state (see the service's log)"
     case (Path.dtMax, EINVAL) where writing:
       return "dt_max takes a number (0x hex, leading 0 octal, or decimal)"
     case (Path.kexecImage, EINVAL) where writing:

@@ -12,21 +12,20 @@ struct Exec: ParsableCommand {
     abstract: "Hand a running service over to its next image (like kexec -e), and time it.",
     discussion: """
       Steps, each through a file of the control mount M:
-        1. activate: if M/kernel/kho/active reads 0, write 1 to it, which \
-      serializes the service's state into the blob the next image receives. If \
-      this fails (no scratch region, a subsystem refusing, the blob too big for \
-      dt_max), says why and stops; nothing else is changed.
-        2. load: if EXECUTABLE is given, stage it as 'kho load' does (mode, \
-      then image). Without EXECUTABLE the image staged earlier is used (an \
-      error if there is none) and the mode is left as it is unless \
-      --overlapped is given.
-        3. execute: write 1 to M/kernel/kexec/execute. The write returns once \
-      the next image serves; the service does not answer its control mount \
-      meanwhile, and this time is measured with a monotonic clock.
-        4. wait until the next image answers: M/kernel/kho/generation must \
-      have increased (or, for a service without that file, \
-      M/kernel/kexec_loaded must be readable again), for at most --timeout \
-      seconds.
+
+        1. activate  if M/kernel/kho/active reads 0, write 1 to it: the service
+                     serializes its state into the blob the next image gets.
+                     If this fails (no scratch region, a subsystem refusing),
+                     say why and stop; nothing else is changed.
+        2. load      if EXECUTABLE is given, stage it as 'kho load' does. If
+                     not, use the image staged earlier (an error if none), and
+                     change the mode only if --overlapped is given.
+        3. execute   write 1 to M/kernel/kexec/execute. The write returns once
+                     the next image serves; the service does not answer its
+                     control mount meanwhile. Timed with a monotonic clock.
+        4. wait      until M/kernel/kho/generation has increased (or, for a
+                     service without that file, M/kernel/kexec_loaded reads
+                     again), for at most --timeout seconds.
 
       On success prints e.g. 'handed over to generation 3 in 4.2 ms (control \
       mount blocked 4.2 ms)' and exits 0. On failure prints why (the file \

@@ -17,10 +17,11 @@ struct Load: ParsableCommand {
       after '--' is the next image's command line, options included.
 
       Modes:
-        in-place      (default) the service replaces itself with the next image \
-      (execve), keeping its process id, like kexec -e
-        overlapped    the service starts the next image as a new process, waits \
-      until it serves, then exits; if it fails, the old image goes on serving
+        in-place     (default) the service replaces itself with the next
+                     image (execve), keeping its process id, like kexec -e
+        overlapped   the service starts the next image as a new process,
+                     waits until it serves, then exits; if the next image
+                     fails, the old one goes on serving
 
       Examples:
         kho load /run/mysvc/kho -- /usr/bin/mysvc --port 11211

@@ -7,21 +7,22 @@ struct Status: ParsableCommand {
     discussion: """
       A service built on swift-kho mounts a small control file system (the \
       counterpart of the kernel's /sys/kernel/kho and kexec files) at a \
-      directory M. This reads its files and shows:
+      directory M. This reads its files (paths relative to M) and shows:
 
-        boot          'KHO' if the service started from a handover (M/firmware/kho/dt \
-      exists), 'cold' if it started from scratch
-        generation    how many handovers led to this image (0 after a cold start; \
-      'unknown' if the service does not offer M/kernel/kho/generation)
-        active        whether the service's state is serialized, ready to hand over \
-      (M/kernel/kho/active)
-        dt_max        the largest blob the service may serialize (M/kernel/kho/dt_max)
-        dt            the size of the serialized blob, while active (M/kernel/kho/dt)
-        scratch       the scratch region the next image boots in \
-      (M/kernel/kho/scratch_phys, scratch_len)
-        preserved     bytes of memory the blob hands over (M/kernel/kho/preserved_bytes)
-        loaded        whether a next image is staged (M/kernel/kexec_loaded), \
-      its command line (M/kernel/kexec/image) and mode (M/kernel/kexec/mode)
+        boot        KHO if the service started from a handover, else cold
+                    (firmware/kho/dt exists only after a handover)
+        generation  handovers since the last cold start (kernel/kho/generation;
+                    'unknown' for a service without that file)
+        active      yes while the state is serialized, ready to hand over
+                    (kernel/kho/active); dt: the blob's size meanwhile
+        dt_max      the blob buffer's initial size (kernel/kho/dt_max)
+        scratch     where the next image boots: offset + length
+                    (kernel/kho/scratch_phys, kernel/kho/scratch_len)
+        preserved   bytes of memory the blob hands over
+                    (kernel/kho/preserved_bytes; 0 while inactive)
+        loaded      whether a next image is staged (kernel/kexec_loaded),
+                    its command line (kernel/kexec/image) and its mode
+                    (kernel/kexec/mode: in-place or overlapped)
 
       Exits 1, naming the file and the error, if M is not a control mount or a \
       file cannot be read.

@@ -143,7 +143,7 @@ enum Service {
     a.map { "[" + $0.map(jsonString).joined(separator: ",") + "]" } ?? "null"
   }
 
-  /// The usage line every service verb's discussion ends with.
+  /// The help of the M argument every service verb takes.
   static let mountHelp =
     "The control mount of a running service: the directory where it mounted its control files (e.g. with --control-mount)."
 }
