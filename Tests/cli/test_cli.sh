@@ -47,9 +47,9 @@ cleanup() {
   if [[ -n $SERVICE_PID ]] && kill -0 "$SERVICE_PID" 2>/dev/null; then
     kill "$SERVICE_PID" 2>/dev/null
   fi
-  if mountpoint -q "$M" 2>/dev/null; then
-    fusermount3 -u -z "$M" 2>/dev/null || umount -l "$M"
-  fi
+  # Unconditionally: a killed service leaves a mount that mountpoint(1)
+  # cannot stat (ENOTCONN) and so does not report.
+  fusermount3 -u -z "$M" 2>/dev/null || umount -l "$M" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
