@@ -55,7 +55,11 @@ public final class ServiceControl: Sendable {
     public static let preservedBytes = "kernel/kho/preserved_bytes"
   }
 
-  public let mount: ControlMount
+  /// The mount being served (replaced if serving restarts after a failed
+  /// handover started off the mount).
+  public var mount: ControlMount { current.withLock { $0 } }
+  private let current: Mutex<ControlMount>
+  private let tree: ControlTree
   private let runtime: HandoverRuntime
   private let hooks: Hooks
   private let logger: Logger
@@ -67,8 +71,11 @@ public final class ServiceControl: Sendable {
   }
   private let staged = Mutex(Staged())
 
-  private init(mount: ControlMount, runtime: HandoverRuntime, hooks: Hooks, logger: Logger) {
-    self.mount = mount
+  private init(
+    mount: ControlMount, tree: ControlTree, runtime: HandoverRuntime, hooks: Hooks, logger: Logger
+  ) {
+    self.current = Mutex(mount)
+    self.tree = tree
     self.runtime = runtime
     self.hooks = hooks
     self.logger = logger
@@ -99,7 +106,8 @@ public final class ServiceControl: Sendable {
       mount = try ControlMount.mount(at: mountPoint, tree: tree, options: options)
       logger.info("kho: control mount at \(mountPoint)")
     }
-    let control = ServiceControl(mount: mount, runtime: runtime, hooks: hooks, logger: logger)
+    let control = ServiceControl(
+      mount: mount, tree: tree, runtime: runtime, hooks: hooks, logger: logger)
     box.control.withLock { $0 = control }
     do { try runtime.register(mount.fileDescriptor, name: fdName) } catch {
       logger.error("kho: the control mount will not survive a handover: \(error)")
@@ -221,6 +229,41 @@ public final class ServiceControl: Sendable {
 
   // MARK: Executing the next image
 
+  /// Hands over to `image` from a thread of the service (a signal thread,
+  /// say), never from the mount's own handlers: the mount stops reading
+  /// (requests wait in the kernel), its connection travels with its
+  /// negotiated state, and if the handover fails the mount serves again.
+  ///
+  /// A process must not write to its own `execute` file for this: the
+  /// writing thread would wait for a reply that only the next image can
+  /// send, and exec cannot replace a process while one of its threads
+  /// waits on FUSE.
+  public func handOver(to image: NextImage, mode: HandoverMode) throws(HandoverFailure)
+    -> HandoverRuntime.Outcome
+  {
+    precondition(
+      ControlMount.current == nil, "ServiceControl.handOver from the mount's own handler")
+    let old = mount
+    let fd = old.detach()  // joins the serving thread; the fd stays open
+    let state = old.negotiated
+    var next = image
+    next.environment = Environment.merging(
+      next.environment, [ControlConnectionState.environmentVariable: state.encoded])
+    hooks.stopServing()
+    do {
+      return try runtime.handover(to: next, mode: mode)
+    } catch {
+      hooks.resumeServing()
+      do {
+        let resumed = try ControlMount.adopt(fd: fd, negotiated: state, tree: tree)
+        current.withLock { $0 = resumed }
+      } catch let mountError {
+        logger.error("kho: the control mount cannot serve again: \(mountError)")
+      }
+      throw error
+    }
+  }
+
   /// `reboot(LINUX_REBOOT_CMD_KEXEC)`: hands over to the staged image. Runs
   /// on the mount's serving thread, off the service's event loops; other
   /// requests to the mount wait meanwhile.
@@ -242,7 +285,7 @@ public final class ServiceControl: Sendable {
       // handler returns and it stops), then let the service exit.
       current.stop()
       let hooks = self.hooks
-      let mount = self.mount
+      let mount = current
       let thread = Thread {
         mount.stop()  // joins the serving thread: the reply is out
         hooks.committed()

@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Signals taken synchronously by one thread (`sigwait`), so that the work
+/// they start (a handover) runs on a plain thread, never on an event loop
+/// and never in a signal handler.
+enum Signals {
+  /// Blocks `signals` in the calling thread and in every thread it starts
+  /// afterwards.
+  static func block(_ signals: [Int32]) {
+    var set = sigset_t()
+    sigemptyset(&set)
+    for s in signals { sigaddset(&set, s) }
+    pthread_sigmask(SIG_BLOCK, &set, nil)
+  }
+
+  /// Starts the thread that waits for SIGHUP (upgrade) and SIGTERM/SIGINT
+  /// (stop).
+  static func handle(
+    hangup: @escaping @Sendable () -> Void, terminate: @escaping @Sendable () -> Void
+  ) {
+    let box = Unmanaged.passRetained(Handlers(hangup: hangup, terminate: terminate)).toOpaque()
+    var thread = pthread_t()
+    pthread_create(
+      &thread, nil,
+      { raw in
+        let handlers = Unmanaged<Handlers>.fromOpaque(raw!).takeRetainedValue()
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&set, s) }
+        while true {
+          var signal: Int32 = 0
+          guard sigwait(&set, &signal) == 0 else { continue }
+          if signal == SIGHUP { handlers.hangup() } else { handlers.terminate() }
+        }
+      }, box)
+    pthread_detach(thread)
+  }
+
+  private final class Handlers: Sendable {
+    let hangup: @Sendable () -> Void
+    let terminate: @Sendable () -> Void
+    init(hangup: @escaping @Sendable () -> Void, terminate: @escaping @Sendable () -> Void) {
+      self.hangup = hangup
+      self.terminate = terminate
+    }
+  }
+}
