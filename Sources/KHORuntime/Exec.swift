@@ -52,6 +52,9 @@ enum ProcessLauncher {
       saved.append((fd, flags))
       _ = fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC)
     }
+    // Every other fd (an accepted connection, say) must not leak into the
+    // next image, which would hold the connection open without serving it.
+    saved += closeOnExecExcept(fds)
     // Buffered output would be lost at exec.
     fflush(nil)
     let error = withCStrings(image.arguments) { argv in
@@ -68,6 +71,26 @@ enum ProcessLauncher {
     for (fd, flags) in saved { _ = fcntl(fd, F_SETFD, flags) }
   }
 
+  /// Sets FD_CLOEXEC on every open fd above stderr that is not in `keep`
+  /// and lacks it; returns those fds with their previous flags, for
+  /// `restore`.
+  private static func closeOnExecExcept(_ keep: [Int32]) -> [(Int32, Int32)] {
+    guard let dir = opendir("/proc/self/fd") else { return [] }
+    defer { closedir(dir) }
+    let own = dirfd(dir)
+    var changed: [(Int32, Int32)] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+      }
+      guard let fd = Int32(name), fd > 2, fd != own, !keep.contains(fd) else { continue }
+      let flags = fcntl(fd, F_GETFD)
+      guard flags != -1, flags & FD_CLOEXEC == 0 else { continue }
+      if fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 { changed.append((fd, flags)) }
+    }
+    return changed
+  }
+
   /// Starts `image` as a child keeping `fds` open (at the same numbers) and
   /// nothing else but stdin, stdout and stderr.
   ///
@@ -80,6 +103,10 @@ enum ProcessLauncher {
       // dup2 onto itself clears FD_CLOEXEC in the child only (glibc >= 2.29).
       posix_spawn_file_actions_adddup2(&actions, fd, fd)
     }
+    // Every other fd must not leak into the child either: it would keep
+    // this image's connections open after it exits.
+    let saved = closeOnExecExcept(fds)
+    defer { restore(saved) }
     var pid: pid_t = 0
     let rc = withCStrings(image.arguments) { argv in
       withCStrings(image.environment) { envp in
