@@ -5,7 +5,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 KHO := .build/debug/kho
 
-.PHONY: all deps build demo test unit reference bench fuzz format clean
+.PHONY: all deps build demo demo-dt test bench bench-upgrade fuzz format clean
 
 all: build
 
@@ -15,20 +15,33 @@ deps:
 build: deps
 	$(SWIFT) build
 
+# The live upgrade of kho-cache, next to what a cold restart loses.
 demo: build
+	@Scripts/demo.sh
+
+# A tour of `kho dt` on a blob the project generates.
+demo-dt: build
 	@KHO=$(KHO) Scripts/demo-dt.sh
 
-# Unit and integration tests (Swift Testing), then the checks against the
-# reference tools (dtc, pylibfdt).
+# Unit and integration tests (Swift Testing, real memfds, execs, FUSE
+# mounts and sockets), then the checks against the reference tools (dtc,
+# pylibfdt, memcached clients) and the command line end to end.
 test: build
 	$(SWIFT) test
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
+	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
+	bash Tests/cli/test_cli.sh
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench
 
+bench-upgrade: deps
+	$(SWIFT) build -c release --product kho-cache --product kho
+	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
+
 fuzz: deps
-	Scripts/fuzz.sh
+	Scripts/fuzz.sh $(or $(FUZZ_TIME),60)
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

@@ -112,9 +112,15 @@ public final class CacheStore: @unchecked Sendable {
     let geometry = try Geometry.read(from: memory)
     try checkDynamicState(memory, geometry, requireFrozen: requireFrozen)
     memory.setU32(Header.state, Header.stateLive)
+    // Resume the clock where the previous image froze it, to the
+    // nanosecond when it recorded that (else from whole seconds).
+    let seconds = memory.u64(Header.clock)
+    let nanoseconds = memory.u64(Header.clockNanoseconds)
+    let resume = nanoseconds / 1_000_000_000 >= seconds ? nanoseconds : seconds &* 1_000_000_000
+    memory.setU64(Header.clockNanoseconds, 0)
     let core = StoreCore(
       memory: memory, geometry: geometry,
-      clock: CacheClock(source: clock, resumingAt: memory.u64(Header.clock)))
+      clock: CacheClock(source: clock, resumingAtNanoseconds: resume))
     return CacheStore(region: region, core: core)
   }
 
@@ -142,6 +148,7 @@ public final class CacheStore: @unchecked Sendable {
   public func freeze() {
     locked { core in
       core.memory.setU64(Header.clock, max(core.memory.u64(Header.clock), UInt64(core.now)))
+      core.memory.setU64(Header.clockNanoseconds, core.clock.nowNanoseconds())
       core.memory.setU32(Header.state, Header.stateFrozen)
       core.frozen = true
     }

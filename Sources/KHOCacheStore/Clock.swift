@@ -43,19 +43,30 @@ public struct CacheClockSource: Sendable {
 /// format/attach time, advanced by monotonic time elapsed since.
 struct CacheClock {
   let source: CacheClockSource
-  let baseClock: UInt64
+  /// The cache clock, in nanoseconds, at `baseMonotonic`.
+  let baseNanoseconds: UInt64
   let baseMonotonic: UInt64
 
   init(source: CacheClockSource, resumingAt clock: UInt64) {
+    self.init(source: source, resumingAtNanoseconds: clock &* 1_000_000_000)
+  }
+
+  init(source: CacheClockSource, resumingAtNanoseconds nanoseconds: UInt64) {
     self.source = source
-    self.baseClock = clock
+    self.baseNanoseconds = nanoseconds
     self.baseMonotonic = source.monotonicNanoseconds()
+  }
+
+  /// The cache clock in nanoseconds: what a next image resumes from, so
+  /// that upgrades in quick succession do not each lose a fraction of a
+  /// second.
+  func nowNanoseconds() -> UInt64 {
+    baseNanoseconds &+ (source.monotonicNanoseconds() &- baseMonotonic)
   }
 
   /// Seconds on the cache clock, saturating at UInt32.max (136 years).
   func now() -> UInt32 {
-    let elapsed = source.monotonicNanoseconds() &- baseMonotonic
-    return UInt32(clamping: baseClock + elapsed / 1_000_000_000)
+    UInt32(clamping: nowNanoseconds() / 1_000_000_000)
   }
 
   /// memcached's `realtime(EXPTIME_TO_POSITIVE_TIME(exptime))` on the cache

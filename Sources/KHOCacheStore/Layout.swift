@@ -35,6 +35,10 @@ enum Header {
   static let oldestLive = 128  // u64: flush_all horizon (0 = none)
   static let oldestCas = 136  // u64: items with a smaller CAS are flushed
   static let stats = 144  // StatCounter.count × u64
+  // u64: the cache clock in nanoseconds when the store was frozen, so that
+  // the next image resumes it without losing the fraction of a second
+  // (0: not recorded; the seconds in `clock` then).
+  static let clockNanoseconds = 1016
   static let classTable = 1024  // ClassField.size × maxClasses
   static let size = 8192
 
