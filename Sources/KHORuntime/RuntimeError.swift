@@ -1,21 +1,17 @@
+import KHO
+
 #if canImport(Glibc)
   import Glibc
 #endif
 
-/// A failed system call of the runtime: the C function and its errno.
-public struct SystemCallError: Error, Sendable, Equatable, CustomStringConvertible {
-  /// The C function that failed, e.g. `"posix_spawn"`.
-  public var function: String
-  /// The errno it left.
-  public var errno: Int32
+/// A failed system call of the runtime: the KHO core's ``SystemError``
+/// (the C function and its errno), under the name the runtime's API uses.
+public typealias SystemCallError = SystemError
 
-  public init(_ function: String, errno: Int32) {
-    self.function = function
-    self.errno = errno
-  }
-
-  public var description: String {
-    "\(function): \(String(cString: strerror(errno))) (errno \(errno))"
+extension SystemError {
+  /// Creates an error for `function` failing with `errno`.
+  init(_ function: String, errno: Int32) {
+    self.init(errno: errno, function: function)
   }
 }
 
