@@ -270,16 +270,19 @@ final class Upgrade: Sendable {
 
   /// SIGHUP: in place, to `image`, taking the control mount along.
   func inPlace(to image: NextImage, control: ServiceControl?) {
-    pauseAccepting()
     do {
       if let control {
+        // Its hooks pause and resume accepting around the handover.
         _ = try control.handOver(to: image, mode: .inPlace)
       } else {
-        _ = try runtime.handover(to: image, mode: .inPlace)
+        pauseAccepting()
+        do { _ = try runtime.handover(to: image, mode: .inPlace) } catch {
+          resumeAccepting()
+          throw error
+        }
       }
     } catch {
       logger.error("kho-cache: upgrade failed, still serving: \(error)")
-      resumeAccepting()
     }
   }
 }
