@@ -90,7 +90,7 @@ let package = Package(
     .executableTarget(
       name: "kho-cache",
       dependencies: [
-        "KHOCacheStore", "KHOCacheServer", "KHO", "KHORuntime", "KHOServiceControl",
+        "FDT", "KHOCacheStore", "KHOCacheServer", "KHO", "KHORuntime", "KHOServiceControl",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),

@@ -77,6 +77,13 @@ public final class HandoverRuntime: Sendable {
   public let kho: KHO
   /// The fds the previous image handed over by name (empty after a cold start).
   public let inherited: NamedFileDescriptors
+  /// Fds open at boot that a handover offered without a usable name: when
+  /// `KHO_FDS` was set but could not be parsed, every open fd above 2 that
+  /// is not the arena or the handshake (sorted); empty otherwise. A service
+  /// looks here for what it would have found by name (a listener it can
+  /// recognise by its address) and closes what it cannot use: an unserved
+  /// FUSE connection left open would hang every caller of its mount.
+  public let strayInherited: [Int32]
   /// sd_notify, a no-op outside systemd.
   public let notifier: SDNotifier
   private let logger: Logger
@@ -85,10 +92,12 @@ public final class HandoverRuntime: Sendable {
   private let inProgress = Atomic<Bool>(false)
 
   private init(
-    kho: KHO, inherited: NamedFileDescriptors, handshake: (Int32, Int32)?, logger: Logger
+    kho: KHO, inherited: NamedFileDescriptors, strayInherited: [Int32],
+    handshake: (Int32, Int32)?, logger: Logger
   ) {
     self.kho = kho
     self.inherited = inherited
+    self.strayInherited = strayInherited
     self.notifier = SDNotifier()
     self.logger = logger
     self.named = Mutex(NamedFileDescriptors())
@@ -104,10 +113,12 @@ public final class HandoverRuntime: Sendable {
   ) throws(KHOBootError) -> HandoverRuntime {
     let handshake = Handshake.inheritedEnds()
     var inherited = NamedFileDescriptors()
+    var namesUnreadable = false
     do {
       inherited = try NamedFileDescriptors.inherited()
     } catch {
       logger.error("kho: ignoring handed-over fds: \(error)")
+      namesUnreadable = true
     }
     for name in [
       NamedFileDescriptors.environmentName, Handshake.readyEnvironmentName,
@@ -116,12 +127,18 @@ public final class HandoverRuntime: Sendable {
       unsetenv(name)
     }
     let kho = try KHO.boot(options, logger: logger)
-    for fd in [kho.arena.fd.rawValue] + inherited.entries.map(\.fd)
-      + [handshake?.ready, handshake?.commit].compactMap({ $0 })
-    {
+    let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
+    let stray =
+      namesUnreadable ? openDescriptors().filter { $0 > 2 && !known.contains($0) } : []
+    for fd in known + inherited.entries.map(\.fd) + stray {
       _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
-    return HandoverRuntime(kho: kho, inherited: inherited, handshake: handshake, logger: logger)
+    if !stray.isEmpty {
+      logger.error("kho: fds \(stray) were handed over without a usable name")
+    }
+    return HandoverRuntime(
+      kho: kho, inherited: inherited, strayInherited: stray, handshake: handshake,
+      logger: logger)
   }
 
   /// Registers `fd` to be handed to the next image as `name`.
@@ -279,4 +296,20 @@ public final class HandoverRuntime: Sendable {
   private func notify(_ body: (SDNotifier) throws(SystemCallError) -> Void) {
     do { try body(notifier) } catch { logger.warning("kho: sd_notify: \(error)") }
   }
+}
+
+/// The fds open in this process, from `/proc/self/fd` (`opendir`,
+/// `readdir`), without the one the listing itself uses.
+func openDescriptors() -> [Int32] {
+  guard let directory = opendir("/proc/self/fd") else { return [] }
+  defer { closedir(directory) }
+  let own = dirfd(directory)
+  var fds: [Int32] = []
+  while let entry = readdir(directory) {
+    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+      String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+    if let fd = Int32(name), fd != own { fds.append(fd) }
+  }
+  return fds.sorted()
 }

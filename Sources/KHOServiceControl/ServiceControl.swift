@@ -94,14 +94,8 @@ public final class ServiceControl: Sendable {
     let box = ControlBox()
     let tree = makeTree(box, attributes: runtime.kho.attributes)
     let mount: ControlMount
-    if let fd = runtime.inherited[fdName],
-      let encoded = getenv(ControlConnectionState.environmentVariable).map({ String(cString: $0) })
-    {
-      unsetenv(ControlConnectionState.environmentVariable)
-      mount = try ControlMount.adopt(
-        fd: fd, negotiated: try ControlConnectionState(encoded: encoded), tree: tree)
-      logger.info(
-        "kho: serving the control mount at \(mount.mountPoint) handed over by the previous image")
+    if let adopted = adoptInherited(runtime, tree: tree, logger: logger) {
+      mount = adopted
     } else {
       mount = try ControlMount.mount(at: mountPoint, tree: tree, options: options)
       logger.info("kho: control mount at \(mountPoint)")
@@ -113,6 +107,46 @@ public final class ServiceControl: Sendable {
       logger.error("kho: the control mount will not survive a handover: \(error)")
     }
     return control
+  }
+
+  /// The control connection the previous image handed over, served from
+  /// now on; nil when there is none or it cannot be adopted. What cannot be
+  /// adopted (no or a malformed `KHO_CONTROL_FUSE`, a connection that fails
+  /// to start, a FUSE fd handed over without a usable name) is closed, so
+  /// that the old mount turns stale (ENOTCONN) instead of hanging its
+  /// callers, and ``ControlMount/mount(at:tree:options:)`` then replaces it.
+  private static func adoptInherited(
+    _ runtime: HandoverRuntime, tree: ControlTree, logger: Logger
+  ) -> ControlMount? {
+    let encoded = getenv(ControlConnectionState.environmentVariable).map { String(cString: $0) }
+    unsetenv(ControlConnectionState.environmentVariable)
+    for fd in runtime.strayInherited where isFUSEConnection(fd) {
+      logger.error("kho: closing FUSE connection fd \(fd), handed over without a name")
+      close(fd)
+    }
+    guard let fd = runtime.inherited[fdName] else { return nil }
+    do {
+      guard let encoded else {
+        throw ControlMountError.malformedState(
+          "\(ControlConnectionState.environmentVariable) is not set")
+      }
+      let mount = try ControlMount.adopt(
+        fd: fd, negotiated: try ControlConnectionState(encoded: encoded), tree: tree)
+      logger.info(
+        "kho: serving the control mount at \(mount.mountPoint) handed over by the previous image")
+      return mount
+    } catch {
+      logger.error("kho: cannot adopt the handed-over control connection, mounting anew: \(error)")
+      close(fd)
+      return nil
+    }
+  }
+
+  /// Whether `fd` is a connection to `/dev/fuse`.
+  private static func isFUSEConnection(_ fd: Int32) -> Bool {
+    var buffer = [CChar](repeating: 0, count: 64)
+    let count = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+    return count > 0 && String(cString: buffer) == "/dev/fuse"
   }
 
   /// Unmounts, for a clean shutdown.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FDT
 import KHO
 import KHOCacheServer
 import KHOCacheStore
@@ -101,24 +102,41 @@ struct KHOCacheCommand: ParsableCommand {
     let itemSizeMax = parseSize(maxItemSize)!
     let regionSize = CacheStore.regionSize(memoryLimit: memoryLimit << 20, itemSizeMax: itemSizeMax)
     let runtime = try HandoverRuntime.boot(khoOptions(regionSize: regionSize), logger: logger)
-    let store = try obtainStore(
-      runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
-    try registerWithKHO(store, runtime.kho)
+    var store = adoptStore(runtime, logger: logger)
+    var readied = false
+    if store == nil {
+      if runtime.kho.isKHOBoot {
+        // The previous image's store is refused (or absent). Until this
+        // image reports ready, an overlapped predecessor may still roll
+        // back and serve from that region: nothing may be written there
+        // before it lets go. ready() also returns unclaimed preserved memory.
+        guard runtime.ready(status: "starting empty") else { exitNow(1) }
+        readied = true
+      }
+      store = try freshStore(
+        runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
+    }
+    let items = store!.stats()["curr_items"]
+    try registerWithKHO(store!, runtime.kho)
 
     var configuration = CacheServerConfiguration()
     configuration.maxConnections = maxConnections
     configuration.threads = threads
     let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-    let context = CacheServerContext(store: store, configuration: configuration)
-    let listener = try listeningSocket(runtime)
+    let context = CacheServerContext(store: store!, configuration: configuration)
+    let listener = try listeningSocket(runtime, logger: logger)
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
     let upgrade = Upgrade(runtime: runtime, channel: channel, logger: logger)
 
-    guard runtime.ready(status: "serving \(store.stats()["curr_items"]) items") else { exitNow(1) }
+    if readied {
+      try? runtime.notifier.status("serving \(items) items")
+    } else {
+      guard runtime.ready(status: "serving \(items) items") else { exitNow(1) }
+    }
     let control = try startControlMount(runtime, upgrade)
     logger.info(
-      "kho-cache: \(runtime.kho.isKHOBoot ? "took over" : "started cold with") \(store.stats()["curr_items"]) items, generation \(runtime.kho.generation), listening on \(listen):\(port)"
+      "kho-cache: \(runtime.kho.isKHOBoot && !readied ? "took over" : "started cold with") \(items) items, generation \(runtime.kho.generation), listening on \(listen):\(port)"
     )
     let image = NextImage(path: Self.executablePath, arguments: CommandLine.arguments)
     Signals.handle(
@@ -160,40 +178,94 @@ struct KHOCacheCommand: ParsableCommand {
       pageSize: hugePages ? .huge : .small, arenaName: "kho-cache")
   }
 
-  /// The store: the one the previous image handed over, claimed and
-  /// attached as it is (O(1), no per-item work); else a new one in fresh
-  /// arena pages.
-  func obtainStore(_ runtime: HandoverRuntime, regionSize: Int, itemSizeMax: Int, logger: Logger)
-    throws
-    -> CacheStore
+  /// The store the previous image handed over, claimed and attached as it
+  /// is (O(1), no per-item work); nil after a cold start, or when it is
+  /// refused. A refusal is logged with its reason and gives the claimed
+  /// memory back, so that a fresh store fits in the arena.
+  ///
+  /// The version rule: a node is recognised by its name or by a
+  /// `kho-cache-v*` compatible string, and adopted only if its
+  /// `format-version` is the one this build writes. A store of an older or a
+  /// newer format is never guessed at: this image starts empty (a downgrade
+  /// or an upgrade across a layout change is a cold start), and says so.
+  func adoptStore(_ runtime: HandoverRuntime, logger: Logger) -> CacheStore? {
+    guard let incoming = runtime.kho.incoming else { return nil }
+    guard let node = Self.storeNode(incoming) else {
+      logger.notice("kho-cache: the previous image handed over no store, starting empty")
+      return nil
+    }
+    var claimed: KHOMemoryRange?
+    do {
+      let compatible = node.property("compatible")?.strings ?? []
+      guard compatible.contains(CacheStore.compatible) else {
+        throw AdoptionRefusal(
+          "compatible is \(compatible), this build reads \(CacheStore.compatible)")
+      }
+      let version = node.property("format-version")?.native(UInt32.self)
+      guard let version, version.count == 1 else {
+        throw AdoptionRefusal("format-version is missing or not one u32")
+      }
+      guard version[0] == CacheStore.formatVersion else {
+        let relation = version[0] < CacheStore.formatVersion ? "older" : "newer"
+        throw AdoptionRefusal(
+          "format-version \(version[0]) is \(relation) than this build's \(CacheStore.formatVersion)"
+        )
+      }
+      guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
+        throw AdoptionRefusal("mem is not one {addr, len} pair")
+      }
+      let range = KHOMemoryRange(address: mem[0], length: mem[1])
+      let bytes = try incoming.claim(range)
+      claimed = range
+      let store = try CacheStore.attach(
+        region: CacheRegion(base: bytes.baseAddress!, size: bytes.count))
+      logger.info("kho-cache: adopted the handed-over store of \(bytes.count) bytes")
+      return store
+    } catch {
+      logger.error("kho-cache: refusing the handed-over store, starting empty: \(error)")
+      if let claimed {
+        do { try incoming.returnMemory(claimed) } catch {
+          logger.error("kho-cache: returning the refused store's memory: \(error)")
+        }
+      }
+      return nil
+    }
+  }
+
+  /// The store's node in the incoming tree: `/kho-cache`, or any node whose
+  /// compatible names a kho-cache format.
+  static func storeNode(_ incoming: KHOIncoming) -> FDTNode? {
+    if let node = incoming.findNode(path: "/kho-cache") { return node }
+    var pending = Array(incoming.tree.root.children.reversed())
+    while let node = pending.popLast() {
+      if node.property("compatible")?.strings?.contains(where: { $0.hasPrefix("kho-cache-v") })
+        == true
+      {
+        return node
+      }
+      pending.append(contentsOf: node.children.reversed())
+    }
+    return nil
+  }
+
+  /// A new, empty store in fresh arena pages: the size the options ask
+  /// for, or, when a handed-over arena is smaller than that, the largest
+  /// free run it has (logged; a cold start sizes the arena anew).
+  func freshStore(_ runtime: HandoverRuntime, regionSize: Int, itemSizeMax: Int, logger: Logger)
+    throws -> CacheStore
   {
     let kho = runtime.kho
-    if let incoming = kho.incoming, let node = incoming.findNode(compatible: CacheStore.compatible)
-    {
-      do {
-        guard node.property("format-version")?.native(UInt32.self) == [CacheStore.formatVersion]
-        else {
-          throw ValidationError("format-version is not \(CacheStore.formatVersion)")
-        }
-        guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
-          throw ValidationError("mem is not one {addr, len} pair")
-        }
-        let range = KHOMemoryRange(address: mem[0], length: mem[1])
-        let bytes = try incoming.claim(range)
-        let store = try CacheStore.attach(
-          region: CacheRegion(base: bytes.baseAddress!, size: bytes.count))
-        if bytes.count != regionSize {
-          logger.notice(
-            "kho-cache: keeping the handed-over store of \(bytes.count) bytes (options ask for \(regionSize))"
-          )
-        }
-        return store
-      } catch {
-        logger.error("kho-cache: the handed-over store is unusable, starting empty: \(error)")
-      }
+    var size = UInt64(regionSize)
+    let largest = kho.allocator.fragmentation.largestFreeRun
+    if largest < size {
+      logger.notice(
+        "kho-cache: the arena has \(largest) free bytes in one run, less than the \(size) asked for; the store is smaller until the next cold start"
+      )
+      size = largest
     }
-    let pages = try kho.allocator.allocate(bytes: UInt64(regionSize))
-    let region = CacheRegion(base: kho.arena.base + Int(pages.lowerBound), size: regionSize)
+    let pages = try kho.allocator.allocate(bytes: size)
+    let region = CacheRegion(
+      base: kho.arena.base + Int(pages.lowerBound), size: Int(pages.upperBound - pages.lowerBound))
     return try CacheStore.format(region: region, itemSizeMax: itemSizeMax)
   }
 
@@ -218,12 +290,18 @@ struct KHOCacheCommand: ParsableCommand {
         abort: { store.unfreeze() }))
   }
 
-  /// The listening socket: the one the previous image handed over, or a
-  /// new one. Either way it is registered to be handed over next time.
-  func listeningSocket(_ runtime: HandoverRuntime) throws -> NIOBSDSocket.Handle {
+  /// The listening socket: the one the previous image handed over (by
+  /// name, or recognised by its address among fds handed over without a
+  /// usable name), or a new one. Either way it is registered to be handed
+  /// over next time.
+  func listeningSocket(_ runtime: HandoverRuntime, logger: Logger) throws -> NIOBSDSocket.Handle {
     let fd: Int32
     if let inherited = runtime.inherited["listen"] {
       fd = inherited
+    } else if let found = runtime.strayInherited.first(where: { isListeningSocket($0, port: port) })
+    {
+      logger.notice("kho-cache: taking over the unnamed listening socket fd \(found)")
+      fd = found
     } else {
       fd = try bindListeningSocket(host: listen, port: port)
     }
@@ -310,6 +388,35 @@ func bindListeningSocket(host: String, port: Int) throws -> Int32 {
     throw ValidationError("cannot listen on \(host):\(port): \(message)")
   }
   return fd
+}
+
+/// Whether `fd` is a TCP socket listening on `port` (`getsockopt`
+/// SO_ACCEPTCONN, `getsockname`).
+func isListeningSocket(_ fd: Int32, port: Int) -> Bool {
+  var accepting: Int32 = 0
+  var length = socklen_t(MemoryLayout<Int32>.size)
+  guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0, accepting == 1 else {
+    return false
+  }
+  var address = sockaddr_storage()
+  var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+  let named = withUnsafeMutablePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &addressLength) }
+  }
+  guard named == 0 else { return false }
+  let family = Int32(address.ss_family)
+  guard family == AF_INET || family == AF_INET6 else { return false }
+  // sin_port and sin6_port both follow the 2-byte family.
+  let portInNetworkOrder = withUnsafeBytes(of: address) {
+    $0.load(fromByteOffset: 2, as: UInt16.self)
+  }
+  return Int(UInt16(bigEndian: portInNetworkOrder)) == port
+}
+
+/// Why a handed-over store was refused.
+struct AdoptionRefusal: Error, CustomStringConvertible {
+  var description: String
+  init(_ description: String) { self.description = description }
 }
 
 /// memcached's size syntax for -I: a number with an optional k/m/g suffix.
