@@ -77,9 +77,10 @@ public final class HandoverRuntime: Sendable {
   public let kho: KHO
   /// The fds the previous image handed over by name (empty after a cold start).
   public let inherited: NamedFileDescriptors
-  /// Fds open at boot that a handover offered without a usable name: when
-  /// `KHO_FDS` was set but could not be parsed, every open fd above 2 that
-  /// is not the arena or the handshake (sorted); empty otherwise. A service
+  /// Fds open at boot that a handover offered without a usable name: after
+  /// a KHO boot, or when `KHO_FDS` was set but could not be parsed, every
+  /// open fd above 2 that is not the arena, the handshake or a named one
+  /// (sorted); empty after a plain cold start. A service
   /// looks here for what it would have found by name (a listener it can
   /// recognise by its address) and closes what it cannot use: an unserved
   /// FUSE connection left open would hang every caller of its mount.
@@ -128,9 +129,13 @@ public final class HandoverRuntime: Sendable {
     }
     let kho = try KHO.boot(options, logger: logger)
     let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
+    // A handover's exec keeps only the fds it names: anything else open in
+    // a KHO boot came from a predecessor that could not name it.
+    let named = inherited.entries.map(\.fd)
     let stray =
-      namesUnreadable ? openDescriptors().filter { $0 > 2 && !known.contains($0) } : []
-    for fd in known + inherited.entries.map(\.fd) + stray {
+      namesUnreadable || kho.isKHOBoot
+      ? openDescriptors().filter { $0 > 2 && !known.contains($0) && !named.contains($0) } : []
+    for fd in known + named + stray {
       _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
     if !stray.isEmpty {

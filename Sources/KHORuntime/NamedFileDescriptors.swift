@@ -71,13 +71,16 @@ public struct NamedFileDescriptors: Sendable, Equatable {
     entries.map { "\($0.name):\($0.fd)" }.joined(separator: ",")
   }
 
-  /// Parses a value of ``environmentName``, checking every fd is open.
+  /// Parses a value of ``environmentName``, checking every fd is open and
+  /// above 2.
   public init(parsing value: String) throws(Failure) {
     self.init()
     if value.isEmpty { return }
     for item in value.split(separator: ",", omittingEmptySubsequences: false) {
       let parts = item.split(separator: ":", omittingEmptySubsequences: false)
-      guard parts.count == 2, let fd = Int32(parts[1]), fd >= 0 else { throw .malformed(value) }
+      // A handover never names standard input, output or error: a value
+      // that does would have the service serve (or close) its own stdio.
+      guard parts.count == 2, let fd = Int32(parts[1]), fd > 2 else { throw .malformed(value) }
       try register(fd, name: String(parts[0]))
     }
   }

@@ -130,6 +130,11 @@ public final class ServiceControl: Sendable {
         throw ControlMountError.malformedState(
           "\(ControlConnectionState.environmentVariable) is not set")
       }
+      guard isFUSEConnection(fd) else {
+        // Not ours to close: whatever it is, it is not the connection.
+        logger.error("kho: the fd \(fd) named \(fdName) is not a /dev/fuse connection; mounting anew")
+        return nil
+      }
       let mount = try ControlMount.adopt(
         fd: fd, negotiated: try ControlConnectionState(encoded: encoded), tree: tree)
       logger.info(

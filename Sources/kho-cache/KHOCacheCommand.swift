@@ -296,13 +296,16 @@ struct KHOCacheCommand: ParsableCommand {
   /// over next time.
   func listeningSocket(_ runtime: HandoverRuntime, logger: Logger) throws -> NIOBSDSocket.Handle {
     let fd: Int32
-    if let inherited = runtime.inherited["listen"] {
+    if let inherited = runtime.inherited["listen"], isListeningSocket(inherited, port: port) {
       fd = inherited
     } else if let found = runtime.strayInherited.first(where: { isListeningSocket($0, port: port) })
     {
       logger.notice("kho-cache: taking over the unnamed listening socket fd \(found)")
       fd = found
     } else {
+      if let inherited = runtime.inherited["listen"] {
+        logger.error("kho-cache: the handed-over fd \(inherited) named listen is not listening on port \(port)")
+      }
       fd = try bindListeningSocket(host: listen, port: port)
     }
     try runtime.register(fd, name: "listen")

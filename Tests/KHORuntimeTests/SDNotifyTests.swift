@@ -103,13 +103,19 @@ final class FakeServiceManager {
 
 @Suite struct NamedFileDescriptorsTests {
   @Test func registersAndRoundTripsThroughTheEnvironmentValue() throws {
+    let first = dup(0)
+    let second = dup(2)
+    defer {
+      close(first)
+      close(second)
+    }
     var fds = NamedFileDescriptors()
-    try fds.register(0, name: "stdin")
-    try fds.register(2, name: "log.err")
-    #expect(fds.environmentValue == "stdin:0,log.err:2")
+    try fds.register(first, name: "stdin")
+    try fds.register(second, name: "log.err")
+    #expect(fds.environmentValue == "stdin:\(first),log.err:\(second)")
     #expect(try NamedFileDescriptors(parsing: fds.environmentValue) == fds)
-    #expect(fds["log.err"] == 2)
-    #expect(fds.unregister("stdin") == 0)
+    #expect(fds["log.err"] == second)
+    #expect(fds.unregister("stdin") == first)
     #expect(fds["stdin"] == nil)
   }
 
@@ -128,7 +134,8 @@ final class FakeServiceManager {
     }
   }
 
-  @Test(arguments: ["x", "a:1,", "a:b", "a:-1", ":1", "a:1:2"])
+  /// Standard input, output and error are never handed over by name.
+  @Test(arguments: ["x", "a:1,", "a:b", "a:-1", ":1", "a:1:2", "a:0", "a:1", "a:2", "a:999"])
   func refusesMalformedValues(_ value: String) {
     #expect(throws: NamedFileDescriptors.Failure.self) { try NamedFileDescriptors(parsing: value) }
   }

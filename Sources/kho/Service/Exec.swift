@@ -23,6 +23,10 @@ struct Exec: ParsableCommand {
         3. execute   write 1 to M/kernel/kexec/execute. The write returns once
                      the next image serves; the service does not answer its
                      control mount meanwhile. Timed with a monotonic clock.
+                     If the write loses its connection (ECONNABORTED or
+                     ENOTCONN: a next image that could not adopt the
+                     control connection mounts the files anew, or the
+                     service died), go on to step 4.
         4. wait      until M/kernel/kho/generation has increased (or, for a
                      service without that file, M/kernel/kexec_loaded reads
                      again), for at most --timeout seconds.
@@ -124,6 +128,11 @@ struct Exec: ParsableCommand {
     let start = Service.now()
     do {
       try files.write(ControlFiles.Path.kexecExecute, "1\n")
+    } catch where error.errno == ECONNABORTED || error.errno == ENOTCONN {
+      // The connection that carried the write is gone: the old image died,
+      // or the next one could not adopt the connection and mounted the
+      // files anew. Which one, the wait below tells.
+      report.remounted = true
     } catch {
       report.blocked = Service.milliseconds(start, Service.now())
       throw report.failure(stage: "execute", error)
@@ -191,6 +200,9 @@ struct Exec: ParsableCommand {
     var generation: UInt64?
     /// How long the execute write took, in milliseconds.
     var blocked: Double?
+    /// The execute write lost its connection: a next image that serves
+    /// mounted the control files anew.
+    var remounted = false
     /// From the execute write until the next image answered, in milliseconds.
     var total: Double?
 
@@ -210,18 +222,19 @@ struct Exec: ParsableCommand {
               ("generationBefore", Service.json(generationBefore)),
               ("generation", Service.json(generation)),
               ("activated", Service.json(activated)), ("image", Service.json(image)),
-              ("mode", Service.json(mode)),
+              ("mode", Service.json(mode)), ("remounted", Service.json(remounted)),
             ] + timing))
         return
       }
       let times =
         "in \(Service.formatMilliseconds(total ?? 0)) "
         + "(control mount blocked \(Service.formatMilliseconds(blocked ?? 0)))"
+      let note = remounted ? "; the next image mounted the control files anew" : ""
       if let generation {
-        print("handed over to generation \(generation) \(times)")
+        print("handed over to generation \(generation) \(times)\(note)")
       } else {
         print(
-          "handed over \(times); generation unknown (the service has no \(ControlFiles.Path.generation))"
+          "handed over \(times); generation unknown (the service has no \(ControlFiles.Path.generation))\(note)"
         )
       }
     }
