@@ -31,7 +31,9 @@ test: build
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
+	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/cli/test_cli.sh
+	bash Tests/deploy/test_units.sh .build/debug
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 apt_packages=(device-tree-compiler libfdt-dev libfuse3-dev fuse3 pkg-config
-  memcached libmemcached-tools swig python3-dev)
+  memcached libmemcached-tools swig python3-dev systemd)
 pip_packages=(pylibfdt pymemcache)
 
 sudo_if_needed() {
@@ -15,10 +15,24 @@ missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Another apt (unattended-upgrades, a provisioning script) may hold the dpkg
+# lock: wait for it, saying so, for at most APT_LOCK_TIMEOUT seconds.
+apt_lock_timeout=${APT_LOCK_TIMEOUT:-600}
+apt_get() {
+  if command -v fuser >/dev/null &&
+    fuser /var/lib/dpkg/lock-frontend /var/lib/apt/lists/lock >/dev/null 2>&1; then
+    echo "deps: another apt-get holds the dpkg lock; waiting up to ${apt_lock_timeout} s" >&2
+  fi
+  if ! sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get \
+    -o DPkg::Lock::Timeout="$apt_lock_timeout" "$@"; then
+    echo "deps: apt-get $* failed (a lock still held after ${apt_lock_timeout} s says so above)" >&2
+    exit 1
+  fi
+}
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python=${PYTHON:-python3}
