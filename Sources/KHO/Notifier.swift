@@ -153,24 +153,46 @@ public final class NotifierChain<Action: Sendable, Data>: Sendable {
   }
 }
 
-/// The seed's `enum kho_event`.
+/// The seed's `enum kho_event`, with the two phases of mainline's Live
+/// Update Orchestrator added after it.
+///
+/// A handover goes inactive → active (DUMP ran) → frozen (FREEZE ran) →
+/// handed over, or back to inactive on abort (UNFREEZE first if frozen,
+/// then ABORT). DUMP describes a subsystem's state (its node and `mem`
+/// ranges); the state may go on changing after it, as long as the
+/// description stays true. FREEZE runs as late as possible, right before the
+/// exec or the commit: after it the state is immutable. A subsystem that
+/// freezes inside DUMP (the seed's model) ignores FREEZE and UNFREEZE and
+/// keeps working unchanged. See ``KHOOutgoing`` for who may change what in
+/// each state.
 public enum KHOEvent: Int32, Sendable, Hashable {
-  /// `KEXEC_KHO_DUMP`: add your node and `mem` ranges to the writer, then
-  /// stop changing what you serialized.
+  /// `KEXEC_KHO_DUMP`: add your node and `mem` ranges to the writer. The
+  /// ranges and the node stay fixed from now on; the bytes in the ranges
+  /// may change until FREEZE.
   case dump = 0
   /// `KEXEC_KHO_ABORT`: the handover was cancelled (or a serialize failed);
   /// you may change your state again.
   case abort = 1
+  /// The last moment before the next image takes over (LUO's `freeze`):
+  /// finish what is in flight and stop changing the preserved state. A
+  /// failure vetoes the handover: UNFREEZE, then ABORT, run.
+  case freeze = 2
+  /// FREEZE is undone (LUO's `unfreeze`): the handover aborted after it.
+  /// ABORT follows.
+  case unfreeze = 3
 }
 
 /// A KHO notifier: ``KHOEvent`` and, for ``KHOEvent/dump``, the writer
-/// (`nil` for ``KHOEvent/abort``, as the kernel passes `NULL`).
+/// (`nil` for the other events, as the kernel passes `NULL`).
 public typealias KHONotifier = NotifierBlock<KHOEvent, FDTWriter?>
 
 extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
-  /// A KHO notifier from two closures, the usual shape of a subsystem.
+  /// A KHO notifier from closures, the usual shape of a subsystem.
   ///
-  /// An error thrown by `dump` becomes the chain's result: an
+  /// `freeze` and `unfreeze` default to nothing: a subsystem that stops
+  /// changing its state in `dump` needs neither.
+  ///
+  /// An error thrown by `dump` or `freeze` becomes the chain's result: an
   /// ``FDTError/Kind/noSpace`` as `-ENOSPC` (the outgoing side then grows
   /// the buffer and retries), a ``KHOErrno`` as itself, anything else as
   /// `-EINVAL`.
@@ -187,13 +209,25 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
   public convenience init(
     name: String, priority: Int32 = 0,
     dump: @escaping @Sendable (inout FDTWriter) throws -> Void,
-    abort: @escaping @Sendable () -> Void = {}
+    abort: @escaping @Sendable () -> Void = {},
+    freeze: @escaping @Sendable () throws -> Void = {},
+    unfreeze: @escaping @Sendable () -> Void = {}
   ) {
     self.init(name: name, priority: priority) { event, writer in
       switch event {
       case .abort:
         abort()
         return .done
+      case .unfreeze:
+        unfreeze()
+        return .done
+      case .freeze:
+        do {
+          try freeze()
+          return .ok
+        } catch {
+          return NotifierResult(errno: -Self.errno(for: error).rawValue)
+        }
       case .dump:
         guard writer != nil else {
           return NotifierResult(errno: -KHOErrno.invalidArgument.rawValue)

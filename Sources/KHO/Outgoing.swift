@@ -11,11 +11,14 @@ import Synchronization
   import Musl
 #endif
 
-/// Why ``KHOOutgoing/serialize()`` failed. In every case ABORT has run and
-/// the state is inactive.
+/// Why ``KHOOutgoing/serialize()`` or ``KHOOutgoing/freeze()`` failed.
+/// After a failed serialize, ABORT has run and the state is inactive; after
+/// a failed freeze, UNFREEZE has run and the state is active.
 public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible {
   /// Already active: serialize once, abort to serialize again.
   case alreadyActive
+  /// Not active: FREEZE needs a serialized handover.
+  case notActive
   /// A DUMP notifier failed with this (negative) errno.
   case notifier(errno: Int32)
   /// The blob did not fit even after growing the buffer.
@@ -30,6 +33,7 @@ public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible 
   public var errno: KHOErrno {
     switch self {
     case .alreadyActive: return .resourceBusy
+    case .notActive: return .invalidArgument
     case .notifier(let err): return KHOErrno(rawValue: -err)
     case .noSpace: return .noSpace
     case .writer, .invalidBlob: return .invalidArgument
@@ -39,6 +43,7 @@ public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible 
   public var description: String {
     switch self {
     case .alreadyActive: return "KHO is already active"
+    case .notActive: return "KHO is not active"
     case .notifier(let err):
       return "a KHO notifier failed: \(KHOErrno(rawValue: -err))"
     case .noSpace(let capacity, let attempts):
@@ -64,12 +69,27 @@ public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible 
 /// let blob = kho.dt!.bytes
 /// ```
 ///
-/// ## Frozen state
-/// While active (from the start of ``serialize()`` until ``abort()``), a
-/// subsystem must not change what it serialized. It does every such change
-/// inside ``withMutation(_:)``, which refuses with EBUSY while active; and
-/// ``serialize()`` waits for mutations in flight before it freezes, so no
-/// change can slip between a check and the DUMP.
+/// ## The states, and who may change what in each
+///
+/// | State | Entered by | The blob | A subsystem's state |
+/// |---|---|---|---|
+/// | inactive | start, ``abort()`` | none | anything |
+/// | active | ``serialize()`` (DUMP) | fixed | the bytes of its `mem` ranges may change, the ranges and node may not |
+/// | frozen | ``freeze()`` (FREEZE) | fixed | nothing changes |
+/// | handed over | the exec, or the commit of an overlapped handover | the next image's | the next image's |
+///
+/// ``abort()`` goes back to inactive from active or frozen; from frozen it
+/// runs UNFREEZE first, then ABORT. ``isActive`` is true in active and
+/// frozen, so the `active` control file reads as ABI.md says.
+///
+/// A subsystem of the seed's kind stops changing its state in DUMP: it
+/// does every change inside ``withMutation(_:)``, which refuses with EBUSY
+/// from the start of ``serialize()``; and ``serialize()`` waits for
+/// mutations in flight before it DUMPs, so no change can slip between a
+/// check and the DUMP. A subsystem of the two-phase kind goes on serving
+/// after DUMP and stops at FREEZE, which the runtime sends as late as it
+/// can: right before an exec in place, and once an overlapped next image
+/// has reported itself prepared.
 public final class KHOOutgoing: Sendable {
   /// The seed's default `dt_max`: 10 MiB.
   public static let defaultDTMax: UInt64 = 0xa0_0000
@@ -89,14 +109,16 @@ public final class KHOOutgoing: Sendable {
   private struct State {
     var dtMax: UInt64
     var dt: FlattenedDeviceTree?
+    /// FREEZE ran and UNFREEZE has not.
+    var frozen = false
   }
   /// The seed's `kho.lock`: held for serialize, abort and `dt_max`.
   private let state: Mutex<State>
-  /// Bit 63: frozen (active or serializing); lower bits: mutations in flight.
+  /// Bit 63: active (or serializing); lower bits: mutations in flight.
   /// Atomic so that ``isActive`` and ``withMutation(_:)`` never take the
   /// lock, which DUMP callbacks run under.
   private let gate = Atomic<UInt64>(0)
-  private static let frozen: UInt64 = 1 << 63
+  private static let activeBit: UInt64 = 1 << 63
 
   /// Creates the outgoing side.
   ///
@@ -129,7 +151,7 @@ public final class KHOOutgoing: Sendable {
 
   /// `kho_is_active`: true from the start of a serialize until abort.
   /// Lock-free, so callable from a notifier.
-  public var isActive: Bool { gate.load(ordering: .acquiring) & Self.frozen != 0 }
+  public var isActive: Bool { gate.load(ordering: .acquiring) & Self.activeBit != 0 }
 
   /// ``isActive`` as seen under the lock, as the seed's `active_show`
   /// reads it: a serialize in progress is waited for.
@@ -137,6 +159,10 @@ public final class KHOOutgoing: Sendable {
 
   /// The blob, while active.
   public var dt: FlattenedDeviceTree? { state.withLock { $0.dt } }
+
+  /// Whether FREEZE has run (and UNFREEZE has not): the preserved state is
+  /// immutable until the handover completes or aborts.
+  public var isFrozen: Bool { state.withLock { $0.frozen } }
 
   /// The buffer size serialize starts with (`dt_max`).
   public var dtMax: UInt64 { state.withLock { $0.dtMax } }
@@ -164,7 +190,7 @@ public final class KHOOutgoing: Sendable {
   {
     var current = gate.load(ordering: .acquiring)
     while true {
-      if current & Self.frozen != 0 { throw .resourceBusy }
+      if current & Self.activeBit != 0 { throw .resourceBusy }
       let (exchanged, original) = gate.compareExchange(
         expected: current, desired: current + 1, ordering: .acquiringAndReleasing)
       if exchanged { break }
@@ -187,7 +213,7 @@ public final class KHOOutgoing: Sendable {
   public func serialize() throws(SerializeError) {
     try state.withLock { state throws(SerializeError) in
       if isActive { throw .alreadyActive }
-      freeze()
+      closeGate()
       do throws(SerializeError) {
         state.dt = try dumpGrowing(from: state.dtMax)
       } catch {
@@ -198,25 +224,51 @@ public final class KHOOutgoing: Sendable {
     }
   }
 
-  /// `kho_abort`: drops the blob, runs the ABORT chain, becomes inactive.
-  /// Nothing happens when inactive.
+  /// FREEZE, the last step before the next image takes over: every
+  /// notifier stops changing its preserved state. Nothing happens when
+  /// already frozen.
+  ///
+  /// - Throws: ``SerializeError/notifier(errno:)`` when a notifier vetoes
+  ///   (UNFREEZE has then run for every notifier, and the state is active
+  ///   again: abort or retry); ``SerializeError/notActive`` when inactive.
+  public func freeze() throws(SerializeError) {
+    try state.withLock { state throws(SerializeError) in
+      guard isActive else { throw .notActive }
+      if state.frozen { return }
+      var none: FDTWriter? = nil
+      let err = notifiers.call(.freeze, &none).errno
+      guard err == 0 else {
+        logger.error("kho: a notifier refused to freeze: \(KHOErrno(rawValue: -err))")
+        notifiers.call(.unfreeze, &none)
+        throw .notifier(errno: err)
+      }
+      state.frozen = true
+    }
+  }
+
+  /// `kho_abort`: drops the blob, runs UNFREEZE if frozen, then the ABORT
+  /// chain, and becomes inactive. Nothing happens when inactive.
   public func abort() {
     state.withLock { abortLocked(&$0) }
   }
 
   private func abortLocked(_ state: inout State) {
     guard isActive else { return }
-    state.dt = nil
     var none: FDTWriter? = nil
+    if state.frozen {
+      notifiers.call(.unfreeze, &none)
+      state.frozen = false
+    }
+    state.dt = nil
     notifiers.call(.abort, &none)
-    gate.bitwiseAnd(~Self.frozen, ordering: .releasing)
+    gate.bitwiseAnd(~Self.activeBit, ordering: .releasing)
   }
 
-  /// Sets the frozen bit, then waits for mutations in flight to finish; new
+  /// Sets the active bit, then waits for mutations in flight to finish; new
   /// ones are refused from the moment the bit is set.
-  private func freeze() {
-    gate.bitwiseOr(Self.frozen, ordering: .acquiringAndReleasing)
-    while gate.load(ordering: .acquiring) & ~Self.frozen != 0 {
+  private func closeGate() {
+    gate.bitwiseOr(Self.activeBit, ordering: .acquiringAndReleasing)
+    while gate.load(ordering: .acquiring) & ~Self.activeBit != 0 {
       sched_yield()
     }
   }
