@@ -29,6 +29,8 @@ public enum HandoverFailure: Error, Sendable, CustomStringConvertible {
   case serialize(SerializeError)
   /// Leaving the handover in scratch failed.
   case load(KHOLoadError)
+  /// A subsystem refused to FREEZE; it and every other one unfroze.
+  case freeze(SerializeError)
   /// `execve` or `posix_spawn` failed (missing binary, no permission...).
   case launch(SystemCallError)
   /// The next image exited, crashed or broke the handshake before ready.
@@ -42,6 +44,7 @@ public enum HandoverFailure: Error, Sendable, CustomStringConvertible {
     switch self {
     case .serialize(let e): return "serialize failed: \(e)"
     case .load(let e): return "load failed: \(e)"
+    case .freeze(let e): return "freeze failed: \(e)"
     case .launch(let e): return "starting the next image failed: \(e)"
     case .successorFailed(let pid, let reason):
       return "the next image (pid \(pid)) failed: \(reason)"
@@ -162,11 +165,15 @@ public final class HandoverRuntime: Sendable {
   /// The fds registered for the next image.
   public var registered: NamedFileDescriptors { named.withLock { $0 } }
 
-  /// Declares start-up complete: preserved memory nobody claimed is
-  /// returned; after an overlapped handover, reports ready to the previous
-  /// image and waits until it has let go (so that nothing handed over is
-  /// touched while it could still roll back); then tells systemd
-  /// `READY=1`.
+  /// Declares this image prepared: preserved memory nobody claimed is
+  /// returned; after an overlapped handover, reports itself prepared to the
+  /// previous image, which still serves, and waits until that one has
+  /// frozen and let go; then tells systemd `READY=1`.
+  ///
+  /// Until it returns, the previous image may still change handed-over
+  /// state (until its FREEZE) or roll back: claim memory before it, but
+  /// read or write what is in it only after (``KHOIncoming/claim(_:)``
+  /// gives the bytes; a store attaches to them once this returns).
   ///
   /// - Returns: `false` if the previous image aborted the handover; this
   ///   image must then exit without serving.
@@ -193,13 +200,17 @@ public final class HandoverRuntime: Sendable {
     case committed(pid: pid_t)
   }
 
-  /// Hands everything over to `image`: serializes (if not already active),
-  /// loads the handover into scratch, then executes.
+  /// Hands everything over to `image`: serializes (DUMP, if not already
+  /// active), loads the handover into scratch, then executes, sending
+  /// FREEZE as late as it can.
   ///
-  /// In place, it returns only on failure. Overlapped, it returns
-  /// ``Outcome/committed(pid:)`` once the next image is ready. On any
-  /// failure KHO is aborted, systemd is told `READY=1` again, and this
-  /// image goes on serving with everything it had.
+  /// In place, FREEZE runs right before `execve`, and this returns only on
+  /// failure. Overlapped, the next image is spawned while this one still
+  /// serves; once it reports itself prepared (it validated the handover,
+  /// mapped the arena, took its listeners, and waits), FREEZE runs, the
+  /// commit is sent, and this returns ``Outcome/committed(pid:)``. On any
+  /// failure KHO is aborted (UNFREEZE first if FREEZE ran), systemd is told
+  /// `READY=1` again, and this image goes on serving with everything it had.
   ///
   /// The caller stops mutating handed-over state before calling (KHO's
   /// `withMutation` refuses while active) and stops accepting connections
@@ -217,6 +228,7 @@ public final class HandoverRuntime: Sendable {
       do { location = try kho.load() } catch { throw .load(error) }
       switch mode {
       case .inPlace:
+        do { try kho.outgoing.freeze() } catch { throw .freeze(error) }
         throw .launch(execInPlace(image, location))
       case .overlapped(let timeout):
         return try overlapped(image, location, timeout)
@@ -272,6 +284,11 @@ public final class HandoverRuntime: Sendable {
     let milliseconds = Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
     switch Handshake.awaitReady(pipes.readyRead, timeoutMilliseconds: milliseconds) {
     case .ready:
+      // Prepared: only now does the state stop changing.
+      do { try kho.outgoing.freeze() } catch {
+        _ = Self.killAndReap(pid)
+        throw .freeze(error)
+      }
       _ = Handshake.goMessage.withUnsafeBytes { write(pipes.commitWrite, $0.baseAddress, $0.count) }
       notify { (n) throws(SystemCallError) in
         try n.mainPID(pid, status: "handed over to pid \(pid)")

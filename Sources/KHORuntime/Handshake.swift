@@ -7,10 +7,12 @@ import CKHORuntime
 /// The two pipes of an overlapped handover.
 ///
 /// The old image spawns the next with the write end of a *ready* pipe and
-/// the read end of a *commit* pipe. The next image boots, validates what it
-/// was handed and writes `READY\n`; then it waits, touching nothing it was
-/// handed, until the old image writes `GO\n` (or exits, closing the pipe).
-/// The old image, having seen `READY`, commits and exits. If the next image
+/// the read end of a *commit* pipe, and goes on serving. The next image
+/// boots, validates what it was handed, prepares all it can without
+/// touching handed-over state, and writes `READY\n` (it is *prepared*);
+/// then it waits until the old image writes `GO\n` (or exits, closing the
+/// pipe). The old image, having seen `READY`, sends FREEZE to its
+/// subsystems, commits and exits. If the next image
 /// dies, closes the pipe or stays silent past the timeout, the old image
 /// kills and reaps it and rolls back: nothing was changed, so nothing is
 /// lost.

@@ -132,7 +132,8 @@ public final class ServiceControl: Sendable {
       }
       guard isFUSEConnection(fd) else {
         // Not ours to close: whatever it is, it is not the connection.
-        logger.error("kho: the fd \(fd) named \(fdName) is not a /dev/fuse connection; mounting anew")
+        logger.error(
+          "kho: the fd \(fd) named \(fdName) is not a /dev/fuse connection; mounting anew")
         return nil
       }
       let mount = try ControlMount.adopt(
@@ -339,6 +340,7 @@ public final class ServiceControl: Sendable {
   static func errno(for failure: HandoverFailure) -> Int32 {
     switch failure {
     case .serialize: return EINVAL
+    case .freeze(let e): return e.errno.rawValue
     case .load(let e): return e.errno.rawValue
     case .launch(let e): return e.errno
     case .successorFailed: return ECHILD

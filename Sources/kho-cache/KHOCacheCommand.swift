@@ -102,41 +102,33 @@ struct KHOCacheCommand: ParsableCommand {
     let itemSizeMax = parseSize(maxItemSize)!
     let regionSize = CacheStore.regionSize(memoryLimit: memoryLimit << 20, itemSizeMax: itemSizeMax)
     let runtime = try HandoverRuntime.boot(khoOptions(regionSize: regionSize), logger: logger)
-    var store = adoptStore(runtime, logger: logger)
-    var readied = false
-    if store == nil {
-      if runtime.kho.isKHOBoot {
-        // The previous image's store is refused (or absent). Until this
-        // image reports ready, an overlapped predecessor may still roll
-        // back and serve from that region: nothing may be written there
-        // before it lets go. ready() also returns unclaimed preserved memory.
-        guard runtime.ready(status: "starting empty") else { exitNow(1) }
-        readied = true
-      }
-      store = try freshStore(
-        runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
-    }
-    let items = store!.stats()["curr_items"]
-    try registerWithKHO(store!, runtime.kho)
+    // Prepare all that can be prepared while an overlapped predecessor
+    // still serves: validate and claim its store, start the event loops,
+    // take the listener (not accepting yet). Nothing handed over is read
+    // or written before ready() says the predecessor froze and let go.
+    let handedOver = claimStore(runtime, logger: logger)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    let listener = try listeningSocket(runtime, logger: logger)
+    guard runtime.ready(status: "starting") else { exitNow(1) }
+
+    let adopted = handedOver.flatMap { attachStore($0, runtime, logger: logger) }
+    let store =
+      try adopted
+      ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
+    let items = store.stats()["curr_items"]
+    try registerWithKHO(store, runtime.kho)
 
     var configuration = CacheServerConfiguration()
     configuration.maxConnections = maxConnections
     configuration.threads = threads
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-    let context = CacheServerContext(store: store!, configuration: configuration)
-    let listener = try listeningSocket(runtime, logger: logger)
+    let context = CacheServerContext(store: store, configuration: configuration)
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
     let upgrade = Upgrade(runtime: runtime, channel: channel, logger: logger)
-
-    if readied {
-      try? runtime.notifier.status("serving \(items) items")
-    } else {
-      guard runtime.ready(status: "serving \(items) items") else { exitNow(1) }
-    }
+    try? runtime.notifier.status("serving \(items) items")
     let control = try startControlMount(runtime, upgrade)
     logger.info(
-      "kho-cache: \(runtime.kho.isKHOBoot && !readied ? "took over" : "started cold with") \(items) items, generation \(runtime.kho.generation), listening on \(listen):\(port)"
+      "kho-cache: \(adopted != nil ? "took over" : "started cold with") \(items) items, generation \(runtime.kho.generation), listening on \(listen):\(port)"
     )
     let image = NextImage(path: Self.executablePath, arguments: CommandLine.arguments)
     Signals.handle(
@@ -178,23 +170,23 @@ struct KHOCacheCommand: ParsableCommand {
       pageSize: hugePages ? .huge : .small, arenaName: "kho-cache")
   }
 
-  /// The store the previous image handed over, claimed and attached as it
-  /// is (O(1), no per-item work); nil after a cold start, or when it is
-  /// refused. A refusal is logged with its reason and gives the claimed
-  /// memory back, so that a fresh store fits in the arena.
+  /// The handed-over store's memory, claimed: its node is found and
+  /// checked, and its range taken from the incoming mem cache. Its bytes
+  /// are not touched (an overlapped predecessor may still be using them).
+  /// nil after a cold start, or when the node is refused (logged with the
+  /// reason; unclaimed memory is returned by `ready()`).
   ///
   /// The version rule: a node is recognised by its name or by a
   /// `kho-cache-v*` compatible string, and adopted only if its
   /// `format-version` is the one this build writes. A store of an older or a
   /// newer format is never guessed at: this image starts empty (a downgrade
   /// or an upgrade across a layout change is a cold start), and says so.
-  func adoptStore(_ runtime: HandoverRuntime, logger: Logger) -> CacheStore? {
+  func claimStore(_ runtime: HandoverRuntime, logger: Logger) -> ClaimedStore? {
     guard let incoming = runtime.kho.incoming else { return nil }
     guard let node = Self.storeNode(incoming) else {
       logger.notice("kho-cache: the previous image handed over no store, starting empty")
       return nil
     }
-    var claimed: KHOMemoryRange?
     do {
       let compatible = node.property("compatible")?.strings ?? []
       guard compatible.contains(CacheStore.compatible) else {
@@ -215,18 +207,28 @@ struct KHOCacheCommand: ParsableCommand {
         throw AdoptionRefusal("mem is not one {addr, len} pair")
       }
       let range = KHOMemoryRange(address: mem[0], length: mem[1])
-      let bytes = try incoming.claim(range)
-      claimed = range
+      return ClaimedStore(range: range, bytes: try incoming.claim(range))
+    } catch {
+      logger.error("kho-cache: refusing the handed-over store, starting empty: \(error)")
+      return nil
+    }
+  }
+
+  /// Attaches the claimed store as it is (O(1), no per-item work), once
+  /// the predecessor has let go. A store that fails its checks is refused,
+  /// logged, and its memory returned, so that a fresh store fits.
+  func attachStore(_ claimed: ClaimedStore, _ runtime: HandoverRuntime, logger: Logger)
+    -> CacheStore?
+  {
+    do {
       let store = try CacheStore.attach(
-        region: CacheRegion(base: bytes.baseAddress!, size: bytes.count))
-      logger.info("kho-cache: adopted the handed-over store of \(bytes.count) bytes")
+        region: CacheRegion(base: claimed.bytes.baseAddress!, size: claimed.bytes.count))
+      logger.info("kho-cache: adopted the handed-over store of \(claimed.bytes.count) bytes")
       return store
     } catch {
       logger.error("kho-cache: refusing the handed-over store, starting empty: \(error)")
-      if let claimed {
-        do { try incoming.returnMemory(claimed) } catch {
-          logger.error("kho-cache: returning the refused store's memory: \(error)")
-        }
+      do { try runtime.kho.incoming?.returnMemory(claimed.range) } catch {
+        logger.error("kho-cache: returning the refused store's memory: \(error)")
       }
       return nil
     }
@@ -269,8 +271,10 @@ struct KHOCacheCommand: ParsableCommand {
     return try CacheStore.format(region: region, itemSizeMax: itemSizeMax)
   }
 
-  /// The store's KHO node: DUMP freezes the store (mutations wait) and
-  /// describes its region; ABORT thaws it.
+  /// The store's KHO node. DUMP describes the store's region, which never
+  /// moves, and the store goes on serving; FREEZE, the last moment before
+  /// the next image takes over, freezes it (mutations wait, reads go on);
+  /// UNFREEZE and ABORT thaw it.
   func registerWithKHO(_ store: CacheStore, _ kho: KHO) throws {
     // The store's offsets are from its region; KHO's are from the arena.
     let offset =
@@ -280,14 +284,15 @@ struct KHOCacheCommand: ParsableCommand {
       KHONotifier(
         name: "kho-cache",
         dump: { writer in
-          store.freeze()
           try writer.beginNode("kho-cache")
           try writer.property("compatible", string: CacheStore.compatible)
           try writer.property("format-version", native: [CacheStore.formatVersion])
           try writer.property("mem", native: [offset, length])
           try writer.endNode()
         },
-        abort: { store.unfreeze() }))
+        abort: { store.unfreeze() },
+        freeze: { store.freeze() },
+        unfreeze: { store.unfreeze() }))
   }
 
   /// The listening socket: the one the previous image handed over (by
@@ -304,7 +309,9 @@ struct KHOCacheCommand: ParsableCommand {
       fd = found
     } else {
       if let inherited = runtime.inherited["listen"] {
-        logger.error("kho-cache: the handed-over fd \(inherited) named listen is not listening on port \(port)")
+        logger.error(
+          "kho-cache: the handed-over fd \(inherited) named listen is not listening on port \(port)"
+        )
       }
       fd = try bindListeningSocket(host: listen, port: port)
     }
@@ -414,6 +421,12 @@ func isListeningSocket(_ fd: Int32, port: Int) -> Bool {
     $0.load(fromByteOffset: 2, as: UInt16.self)
   }
   return Int(UInt16(bigEndian: portInNetworkOrder)) == port
+}
+
+/// A handed-over store's memory, claimed but not yet read.
+struct ClaimedStore {
+  var range: KHOMemoryRange
+  var bytes: UnsafeMutableRawBufferPointer
 }
 
 /// Why a handed-over store was refused.
