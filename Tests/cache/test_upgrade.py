@@ -19,6 +19,9 @@ while pymemcache clients write and verify continuously:
                               cannot be executed): `kho exec` exits 1 saying
                               it rolled back; same generation, every key
                               there, the old image serving (and writable).
+  writes_between_dump_and_freeze_survive  with KHO active, writes are taken at
+                              once (FREEZE, not DUMP, stops them) and all are
+                              in the next image, in place and overlapped.
   deletes_and_flush_survive   delete and flush_all done before an upgrade
                               stay done after it.
   expiry_counts_across_upgrade  a 2 s TTL set before an upgrade is gone 2+ s
@@ -699,6 +702,37 @@ def rollback_in_place_exec_fails():
         assert_rolled_back(svc, keys, gen, pid, rc, out, err, "ENOEXEC binary")
         svc.upgrade(overlapped=False)
         assert_all_there(svc, keys)
+    finally:
+        svc.stop()
+
+
+# --- two phases: DUMP describes, FREEZE stops ---------------------------------
+
+
+@test
+def writes_between_dump_and_freeze_survive():
+    """While KHO is active (DUMP ran) the store still takes writes at once;
+    they stop only at FREEZE, right before the exec or the commit, so every
+    write acknowledged before the upgrade is in the next image."""
+    svc = Service("phases").start()
+    try:
+        for overlapped in (False, True):
+            keys = load_keys(svc, n=100)
+            with open(os.path.join(svc.mount, "kernel/kho/active"), "w") as f:
+                f.write("1\n")
+            assert svc.status()["active"] is True
+            c = svc.client(timeout=2)
+            # Previously each of these waited the 5 s freeze limit and failed.
+            for i in range(200):
+                key = f"while-active-{overlapped}-{i}"
+                assert c.set(key, b"w%d" % i, flags=i) is True, key
+                keys[key] = (b"w%d" % i, i)
+            assert c.delete("rb-0") is True
+            del keys["rb-0"]
+            c.close()
+            svc.upgrade(overlapped=overlapped)
+            assert_all_there(svc, keys)
+            assert svc.client().get("rb-0") is None
     finally:
         svc.stop()
 
