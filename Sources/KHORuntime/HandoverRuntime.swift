@@ -115,6 +115,7 @@ public final class HandoverRuntime: Sendable {
   public static func boot(
     _ options: KHOOptions, logger: Logger = Logger(label: "kho.runtime")
   ) throws(KHOBootError) -> HandoverRuntime {
+    AddressSpaceHolder.reapInherited()
     let handshake = Handshake.inheritedEnds()
     var inherited = NamedFileDescriptors()
     var namesUnreadable = false

@@ -86,6 +86,20 @@ def pid_alive(pid):
         return False
 
 
+def children_of(pid):
+    """The pids whose parent is `pid` (zombies included)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
 def pid_cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -178,6 +192,11 @@ class Service:
                 time.sleep(0.005)
         else:
             assert pid == before_pid, f"in-place upgrade changed the pid {before_pid} -> {pid}"
+            # The helper that held the old address space exits and is reaped.
+            deadline = time.monotonic() + 30
+            while children_of(pid):
+                assert time.monotonic() < deadline, f"children left after the upgrade: {children_of(pid)}"
+                time.sleep(0.005)
         return ms
 
     def reap(self):
@@ -700,6 +719,9 @@ def rollback_in_place_exec_fails():
         os.chmod(junk, 0o755)
         rc, out, err = svc.kho_exec([junk])
         assert_rolled_back(svc, keys, gen, pid, rc, out, err, "ENOEXEC binary")
+        # The helpers that held the address space for the failed execs are
+        # reaped at once, before the old image serves again.
+        assert not children_of(pid), f"children left by failed execs: {children_of(pid)}"
         svc.upgrade(overlapped=False)
         assert_all_there(svc, keys)
     finally:
