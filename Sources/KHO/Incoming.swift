@@ -39,7 +39,20 @@ public enum ClaimError: Error, Sendable, Equatable, CustomStringConvertible {
 /// kho.finishBoot()  // returns whatever nobody claimed
 /// ```
 public final class KHOIncoming: Sendable {
-  /// The handover record the previous image wrote.
+  /// How the previous image left.
+  public enum Kind: String, Sendable {
+    /// It handed over: the blob is its kho-v1 tree, the mem cache what
+    /// its notifiers described.
+    case handover
+    /// It died; a keeper held the arena. The blob is the kho-v4 root of
+    /// its stateless description, the mem cache what it had preserved.
+    case crash
+  }
+
+  /// How the previous image left.
+  public let kind: Kind
+  /// The handover record the previous image wrote (after a crash, one made
+  /// from the preservation root, with this image's scratch).
   public let record: HandoverRecord
   /// The preserved ranges, reserved in the allocator at boot.
   public let memCache: MemCache
@@ -57,8 +70,10 @@ public final class KHOIncoming: Sendable {
   private let state = Mutex(State())
 
   init(
-    _ image: HandoverImage.Incoming, arena: Arena, allocator: PageAllocator, logger: Logger
+    _ image: HandoverImage.Incoming, kind: Kind, arena: Arena, allocator: PageAllocator,
+    logger: Logger
   ) {
+    self.kind = kind
     self.record = image.record
     self.memCache = image.memCache
     self.tree = image.tree
@@ -84,6 +99,18 @@ public final class KHOIncoming: Sendable {
       pending.append(contentsOf: node.children.reversed())
     }
     return nil
+  }
+
+  /// The sub-blob the previous image named `name` with
+  /// ``KHOPreservation/addSubtree(_:at:)`` (`kho_retrieve_subtree`): its
+  /// place in the arena, checked to lie in preserved memory; nil if there
+  /// is none (always after a handover, whose blob has no sub-blobs).
+  public func retrieveSubtree(_ name: String) -> KHOMemoryRange? {
+    guard kind == .crash, let node = tree.root.child(named: name),
+      let data = node.property("preserved-data")?.native(UInt64.self), data.count == 1,
+      let size = node.property("blob-size")?.native(UInt64.self), size.count == 1
+    else { return nil }
+    return KHOMemoryRange(address: data[0], length: size[0])
   }
 
   /// Takes `range` of preserved memory for the caller (`kho_claim_mem`).

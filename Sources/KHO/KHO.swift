@@ -104,6 +104,10 @@ public final class KHO: Sendable {
   public let incoming: KHOIncoming?
   /// Why a handover that was offered was refused, if one was.
   public let coldStartReason: HandoverError?
+  /// The stateless side: preserve pages and name sub-blobs at any time, in
+  /// a description that survives even a crash. nil when the arena has no
+  /// room for its root (an arena made by a build without it).
+  public let preservation: KHOPreservation?
 
   /// `is_kho_boot`.
   public var isKHOBoot: Bool { incoming != nil }
@@ -112,8 +116,10 @@ public final class KHO: Sendable {
 
   private init(
     arena: Arena, allocator: PageAllocator, scratch: Range<UInt64>, dtMax: UInt64,
-    incoming: KHOIncoming?, coldStartReason: HandoverError?, logger: Logger
+    incoming: KHOIncoming?, coldStartReason: HandoverError?, preservation: KHOPreservation?,
+    logger: Logger
   ) {
+    self.preservation = preservation
     self.arena = arena
     self.allocator = allocator
     self.scratch = scratch
@@ -129,12 +135,15 @@ public final class KHO: Sendable {
 
   /// Boots: from the handover that `handover` (by default the
   /// ``HandoverRecord/environmentName`` variable) describes if there is
-  /// one and it is valid; else cold, with a fresh arena. A bad handover is
-  /// logged with what is wrong and never fails the boot. The variable is
-  /// removed from the environment either way.
+  /// one and it is valid; else, after a crash, from the arena `crashed` (a
+  /// memfd a keeper held while the previous image was dead) if its
+  /// preservation root is valid; else cold, with a fresh arena. A bad
+  /// handover or root is logged with what is wrong and never fails the
+  /// boot. The variable is removed from the environment either way.
   public static func boot(
     _ options: KHOOptions,
     handover: String? = getenv(HandoverRecord.environmentName).map { String(cString: $0) },
+    crashed: FileDescriptor? = nil,
     logger: Logger = Logger(label: "kho")
   ) throws(KHOBootError) -> KHO {
     unsetenv(HandoverRecord.environmentName)
@@ -146,6 +155,13 @@ public final class KHO: Sendable {
         logger.error("kho: starting cold: \(error)")
         reason = error
       }
+    } else if let crashed {
+      do throws(HandoverError) {
+        return try recover(crashed, options, logger)
+      } catch {
+        logger.error("kho: the arena kept across the crash is unusable, starting cold: \(error)")
+        reason = error
+      }
     }
     return try coldStart(options, reason, logger)
   }
@@ -155,18 +171,99 @@ public final class KHO: Sendable {
   ) throws(KHOBootError) -> KHO {
     let arena: Arena
     do {
+      // The preservation root comes on top of what the caller sized.
       arena = try Arena(
-        size: options.arenaSize, pageSize: options.pageSize, name: options.arenaName, logger: logger
-      )
+        size: options.arenaSize + PreservationRoot.size, pageSize: options.pageSize,
+        name: options.arenaName, logger: logger)
     } catch { throw .arena(error) }
     let allocator = PageAllocator(arena: arena)
+    let root = reserveRoot(arena, allocator, logger)
     let scratch: Range<UInt64>
     do { scratch = try Scratch.reserve(length: options.scratchSize, in: allocator) } catch {
       throw .scratch(error)
     }
+    let preservation = root.map {
+      KHOPreservation(arena: arena, root: $0, scratch: scratch, sequence: 0, generation: 0)
+    }
     return KHO(
       arena: arena, allocator: allocator, scratch: scratch, dtMax: options.dtMax, incoming: nil,
-      coldStartReason: reason, logger: logger)
+      coldStartReason: reason, preservation: preservation, logger: logger)
+  }
+
+  /// Takes the preservation root's pages out of the allocator; nil (logged)
+  /// when they are not free, as in an arena made by a build without a root.
+  private static func reserveRoot(_ arena: Arena, _ allocator: PageAllocator, _ logger: Logger)
+    -> Range<UInt64>?
+  {
+    guard let root = PreservationRoot.range(arenaSize: arena.size) else { return nil }
+    do {
+      try allocator.reserve(root)
+      return root
+    } catch {
+      logger.notice("kho: no preservation root in this arena (\(error)); a crash will lose it")
+      return nil
+    }
+  }
+
+  /// The sequence of the newest valid description in `arena`, 0 if none.
+  private static func currentSequence(_ arena: Arena) -> UInt64 {
+    let bytes = UnsafeRawBufferPointer(start: arena.base, count: Int(arena.size))
+    return (try? PreservationRoot.read(bytes, pageSize: arena.pageSize.bytes))?.sequence ?? 0
+  }
+
+  /// Adopts the arena a keeper held across a crash: the newest valid
+  /// description of its preservation root becomes the incoming state (its
+  /// preserved ranges the mem cache, its kho-v4 tree the blob), with a
+  /// fresh scratch; nothing else in the arena is trusted.
+  private static func recover(_ fd: FileDescriptor, _ options: KHOOptions, _ logger: Logger)
+    throws(HandoverError) -> KHO
+  {
+    let status: FileStatus
+    do { status = try fd.status() } catch { throw .badArenaFD("fd \(fd.rawValue): \(error)") }
+    let size = UInt64(max(status.size, 0))
+    guard let pageBytes = PreservationRoot.peekPageSize(fd.rawValue, arenaSize: size),
+      let pageSize = ArenaPageSize(rawValue: pageBytes)
+    else { throw .badRecord("no preservation root in the \(size)-byte arena fd \(fd.rawValue)") }
+    let arena: Arena
+    do { arena = try Arena(adopting: fd, size: size, pageSize: pageSize, logger: logger) } catch {
+      throw .badArenaFD("\(error)")
+    }
+    let description = try PreservationRoot.read(
+      UnsafeRawBufferPointer(start: arena.base, count: Int(arena.size)), pageSize: pageBytes)
+    let root = PreservationRoot.range(arenaSize: size)!
+    let allocator = PageAllocator(arena: arena)
+    for range in description.ranges {
+      do { try allocator.reserve(range.address..<range.end) } catch {
+        throw .badMemCache(MemCacheError(kind: .malformed, range: range, node: nil))
+      }
+    }
+    do { try allocator.reserve(root) } catch {
+      throw .badRecord("the preservation root overlaps preserved memory")
+    }
+    let scratch: Range<UInt64>
+    do { scratch = try Scratch.reserve(length: options.scratchSize, in: allocator) } catch {
+      throw .badRecord("no room for scratch beside the preserved memory: \(error)")
+    }
+    let memCache: MemCache
+    do {
+      memCache = try MemCache(
+        validating: description.ranges, pageSize: pageBytes, arenaSize: size, scratch: scratch)
+    } catch { throw .badMemCache(error) }
+    let record = HandoverRecord(
+      arenaSize: size, pageSize: pageBytes, generation: description.generation, scratch: scratch,
+      blob: 0..<0, memCacheAddress: 0, memCacheCount: UInt64(memCache.ranges.count))
+    let incoming = KHOIncoming(
+      HandoverImage.Incoming(record: record, memCache: memCache, tree: description.tree),
+      kind: .crash, arena: arena, allocator: allocator, logger: logger)
+    logger.notice(
+      "kho: crash boot: the previous image (generation \(description.generation)) died; its preservation root (sequence \(description.sequence)) holds \(memCache.ranges.count) preserved range(s), \(memCache.totalBytes) bytes, sub-blobs \(description.tree.root.children.map(\.name))"
+    )
+    let preservation = KHOPreservation(
+      arena: arena, root: root, scratch: scratch, sequence: description.sequence,
+      generation: description.generation)
+    return KHO(
+      arena: arena, allocator: allocator, scratch: scratch, dtMax: options.dtMax,
+      incoming: incoming, coldStartReason: nil, preservation: preservation, logger: logger)
   }
 
   /// Adopts and validates everything the previous image left, trusting
@@ -207,13 +304,20 @@ public final class KHO: Sendable {
         "kho: keeping the handed-over arena of \(location.arenaSize) bytes (options ask for \(options.arenaSize))"
       )
     }
-    let incoming = KHOIncoming(image, arena: arena, allocator: allocator, logger: logger)
+    let root = reserveRoot(arena, allocator, logger)
+    let preservation = root.map {
+      KHOPreservation(
+        arena: arena, root: $0, scratch: image.record.scratch, sequence: currentSequence(arena),
+        generation: image.record.generation)
+    }
+    let incoming = KHOIncoming(
+      image, kind: .handover, arena: arena, allocator: allocator, logger: logger)
     logger.info(
       "kho: KHO boot, generation \(image.record.generation), \(image.memCache.ranges.count) preserved range(s), \(image.memCache.totalBytes) bytes"
     )
     return KHO(
       arena: arena, allocator: allocator, scratch: image.record.scratch, dtMax: options.dtMax,
-      incoming: incoming, coldStartReason: nil, logger: logger)
+      incoming: incoming, coldStartReason: nil, preservation: preservation, logger: logger)
   }
 
   /// Reads the record's page size with `pread`, before mapping: adopting

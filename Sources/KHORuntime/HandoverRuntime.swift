@@ -131,7 +131,17 @@ public final class HandoverRuntime: Sendable {
     ] {
       unsetenv(name)
     }
-    let kho = try KHO.boot(options, logger: logger)
+    // After a crash, a keeper (systemd's fd store, `kho run`) gives back
+    // what this service stored: the arena, and named fds such as listeners.
+    let passed = ListenFileDescriptors.take()
+    let keptArena = passed.first { $0.name == ListenFileDescriptors.arenaName }?.fd
+    for (name, fd) in passed where name != ListenFileDescriptors.arenaName {
+      if inherited[name] == nil, (try? inherited.register(fd, name: name)) != nil { continue }
+      close(fd)
+    }
+    let kho = try KHO.boot(
+      options, crashed: keptArena.map { FileDescriptor(rawValue: $0) }, logger: logger)
+    if let keptArena, keptArena != kho.arena.fd.rawValue { close(keptArena) }
     let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
     // A handover's exec keeps only the fds it names: anything else open in
     // a KHO boot came from a predecessor that could not name it.
@@ -145,15 +155,40 @@ public final class HandoverRuntime: Sendable {
     if !stray.isEmpty {
       logger.error("kho: fds \(stray) were handed over without a usable name")
     }
-    return HandoverRuntime(
+    let runtime = HandoverRuntime(
       kho: kho, inherited: inherited, strayInherited: stray, handshake: handshake,
       logger: logger)
+    if keptArena != nil && kho.incoming?.kind != .crash && runtime.notifier.isEnabled {
+      // The kept arena was refused: forget it, keep the new one only.
+      try? runtime.notifier.removeStoredFDs(name: ListenFileDescriptors.arenaName)
+    }
+    runtime.keepAcrossCrash(kho.arena.fd.rawValue, name: ListenFileDescriptors.arenaName)
+    return runtime
   }
 
-  /// Registers `fd` to be handed to the next image as `name`.
-  public func register(_ fd: Int32, name: String) throws(NamedFileDescriptors.Failure) {
+  /// Registers `fd` to be handed to the next image as `name`; unless
+  /// `keepAcrossCrash` is false, it is also stored with the service
+  /// manager (`FDSTORE=1`), so that it comes back after a crash.
+  ///
+  /// Keep listeners across a crash (clients wait in their backlog while
+  /// the service restarts); not a FUSE connection, whose callers would hang
+  /// on a mount nobody serves.
+  public func register(_ fd: Int32, name: String, keepAcrossCrash: Bool = true)
+    throws(NamedFileDescriptors.Failure)
+  {
     try named.withLock { fds throws(NamedFileDescriptors.Failure) in
       try fds.register(fd, name: name)
+    }
+    if keepAcrossCrash { self.keepAcrossCrash(fd, name: name) }
+  }
+
+  /// `FDSTORE=1` with `FDNAME=name`; a no-op without a service manager. A
+  /// store that fails is logged: the service runs, only a crash would lose
+  /// more.
+  private func keepAcrossCrash(_ fd: Int32, name: String) {
+    guard notifier.isEnabled else { return }
+    do { try notifier.storeFD(fd, name: name) } catch {
+      logger.error("kho: the service manager does not keep \(name) across a crash: \(error)")
     }
   }
 

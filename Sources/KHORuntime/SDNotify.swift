@@ -73,6 +73,11 @@ public struct SDNotifier: Sendable {
     try notify(["FDSTORE=1", "FDNAME=\(name)"], fd: fd)
   }
 
+  /// Drops every fd stored under `name` (`FDSTOREREMOVE=1`, `FDNAME=`).
+  public func removeStoredFDs(name: String) throws(SystemCallError) {
+    try notify(["FDSTOREREMOVE=1", "FDNAME=\(name)"])
+  }
+
   /// `CLOCK_MONOTONIC` in microseconds, the clock of `MONOTONIC_USEC`.
   public static func monotonicMicroseconds() -> UInt64 {
     var ts = timespec()

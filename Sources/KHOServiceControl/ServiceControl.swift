@@ -103,7 +103,7 @@ public final class ServiceControl: Sendable {
     let control = ServiceControl(
       mount: mount, tree: tree, runtime: runtime, hooks: hooks, logger: logger)
     box.control.withLock { $0 = control }
-    do { try runtime.register(mount.fileDescriptor, name: fdName) } catch {
+    do { try runtime.register(mount.fileDescriptor, name: fdName, keepAcrossCrash: false) } catch {
       logger.error("kho: the control mount will not survive a handover: \(error)")
     }
     return control
