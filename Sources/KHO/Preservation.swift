@@ -282,6 +282,8 @@ public final class KHOPreservation: Sendable {
     var subtrees: [(name: String, at: Range<UInt64>)] = []
     var sequence: UInt64
     var generation: UInt64
+    /// The root as last published.
+    var published: FlattenedDeviceTree?
   }
   private let state: Mutex<State>
 
@@ -349,10 +351,9 @@ public final class KHOPreservation: Sendable {
     try update { state throws(PreservationError) in state.subtrees.removeAll { $0.name == name } }
   }
 
-  /// The description as the arena holds it, a kho-v4 FDT (for `kho dt`).
-  public var tree: FlattenedDeviceTree? {
-    state.withLock { state in try? Self.buildTree(state, mapAt: 0) }
-  }
+  /// The root as this image last published it, a kho-v4 FDT (for `kho
+  /// dt`); nil until the first change.
+  public var tree: FlattenedDeviceTree? { state.withLock { $0.published } }
 
   // MARK: Writing
 
@@ -365,14 +366,14 @@ public final class KHOPreservation: Sendable {
       var next = current
       try change(&next)
       next.sequence += 1
-      try publish(next)
+      next.published = try publish(next)
       current = next
     }
   }
 
   /// Writes `state` into the slot that does not hold sequence
   /// `state.sequence - 1`: payload first, then the header, checksum last.
-  private func publish(_ state: State) throws(PreservationError) {
+  private func publish(_ state: State) throws(PreservationError) -> FlattenedDeviceTree {
     let slot = Int(state.sequence % 2)
     let slotStart = root.lowerBound + UInt64(slot) * PreservationRoot.slotSize
     let payloadStart = slotStart + UInt64(PreservationRoot.Field.size)
@@ -412,6 +413,7 @@ public final class KHOPreservation: Sendable {
     // The compiler must not sink the stores above past the checksum's.
     atomicThreadFenceRelease()
     base.storeBytes(of: sum, toByteOffset: F.checksum, as: UInt64.self)
+    return tree
   }
 
   private static func buildTree(_ state: State, mapAt: UInt64) throws(FDTError)

@@ -53,6 +53,15 @@ public final class ServiceControl: Sendable {
     /// `0444`: `"0x%llx\n"`, the bytes of the current blob's mem ranges
     /// while active, else 0.
     public static let preservedBytes = "kernel/kho/preserved_bytes"
+    /// `0444`: how this image started, `"cold\n"`, `"handover\n"` or
+    /// `"crash\n"` (the previous image died; a keeper held the arena).
+    public static let boot = "kernel/kho/boot"
+    /// `0400`: the stateless description as it is in the arena now, the
+    /// kho-v4 root (`kho dt decode` reads it); absent without a root.
+    public static let preservationDT = "kernel/kho/preservation/dt"
+    /// `0444`: the ranges preserved statelessly, one `0xSTART 0xEND` line
+    /// each (arena offsets).
+    public static let preservationRanges = "kernel/kho/preservation/ranges"
   }
 
   /// The mount being served (replaced if serving restarts after a failed
@@ -185,6 +194,25 @@ public final class ServiceControl: Sendable {
     }
     files[ExtraPaths.preservedBytes] = .attribute(mode: 0o444) { () throws(FileError) in
       try box.with { c throws(FileError) in KHOAttributes.hexShow(c.preservedBytes) }
+    }
+    files[ExtraPaths.boot] = .attribute(mode: 0o444) { () throws(FileError) in
+      try box.with { c throws(FileError) in
+        Array("\(c.runtime.kho.incoming?.kind.rawValue ?? "cold")\n".utf8)
+      }
+    }
+    files[ExtraPaths.preservationDT] = .attribute(mode: 0o400) { () throws(FileError) in
+      try box.with { c throws(FileError) in
+        guard let tree = c.runtime.kho.preservation?.tree else { throw FileError(errno: ENOENT) }
+        return tree.bytes
+      }
+    }
+    files[ExtraPaths.preservationRanges] = .attribute(mode: 0o444) { () throws(FileError) in
+      try box.with { c throws(FileError) in
+        let ranges = c.runtime.kho.preservation?.ranges ?? []
+        return Array(
+          ranges.map { "0x\(String($0.lowerBound, radix: 16)) 0x\(String($0.upperBound, radix: 16))\n" }
+            .joined().utf8)
+      }
     }
     files[ControlPaths.kexecLoaded] = .attribute(mode: 0o444) { () throws(FileError) in
       try box.with { c throws(FileError) in

@@ -117,6 +117,7 @@ struct KHOCacheCommand: ParsableCommand {
       ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
     let items = store.stats()["curr_items"]
     try registerWithKHO(store, runtime.kho)
+    preserveAcrossCrash(store, runtime.kho, logger: logger)
 
     var configuration = CacheServerConfiguration()
     configuration.maxConnections = maxConnections
@@ -183,6 +184,20 @@ struct KHOCacheCommand: ParsableCommand {
   /// or an upgrade across a layout change is a cold start), and says so.
   func claimStore(_ runtime: HandoverRuntime, logger: Logger) -> ClaimedStore? {
     guard let incoming = runtime.kho.incoming else { return nil }
+    if incoming.kind == .crash {
+      // The store region is the sub-blob, self-describing (its header has
+      // the magic, format version and geometry that attach checks).
+      guard let range = incoming.retrieveSubtree(Self.subtreeName) else {
+        logger.notice("kho-cache: the crashed image preserved no store, starting empty")
+        return nil
+      }
+      do {
+        return ClaimedStore(range: range, bytes: try incoming.claim(range), afterCrash: true)
+      } catch {
+        logger.error("kho-cache: refusing the store the crashed image preserved: \(error)")
+        return nil
+      }
+    }
     guard let node = Self.storeNode(incoming) else {
       logger.notice("kho-cache: the previous image handed over no store, starting empty")
       return nil
@@ -207,7 +222,7 @@ struct KHOCacheCommand: ParsableCommand {
         throw AdoptionRefusal("mem is not one {addr, len} pair")
       }
       let range = KHOMemoryRange(address: mem[0], length: mem[1])
-      return ClaimedStore(range: range, bytes: try incoming.claim(range))
+      return ClaimedStore(range: range, bytes: try incoming.claim(range), afterCrash: false)
     } catch {
       logger.error("kho-cache: refusing the handed-over store, starting empty: \(error)")
       return nil
@@ -221,9 +236,14 @@ struct KHOCacheCommand: ParsableCommand {
     -> CacheStore?
   {
     do {
+      // After a crash nobody froze the store: it may have been cut in the
+      // middle of a mutation, and attach checks it as such.
       let store = try CacheStore.attach(
-        region: CacheRegion(base: claimed.bytes.baseAddress!, size: claimed.bytes.count))
-      logger.info("kho-cache: adopted the handed-over store of \(claimed.bytes.count) bytes")
+        region: CacheRegion(base: claimed.bytes.baseAddress!, size: claimed.bytes.count),
+        requireFrozen: !claimed.afterCrash)
+      logger.info(
+        "kho-cache: adopted the \(claimed.afterCrash ? "crashed image's" : "handed-over") store of \(claimed.bytes.count) bytes"
+      )
       return store
     } catch {
       logger.error("kho-cache: refusing the handed-over store, starting empty: \(error)")
@@ -293,6 +313,24 @@ struct KHOCacheCommand: ParsableCommand {
         abort: { store.unfreeze() },
         freeze: { store.freeze() },
         unfreeze: { store.unfreeze() }))
+  }
+
+  /// The name of the store's sub-blob in the stateless description.
+  static let subtreeName = "kho-cache"
+
+  /// Preserves the store's region statelessly and names it, so that a
+  /// crash of this process (kill -9, a segfault, the OOM killer) leaves it
+  /// to the next start, through a keeper that holds the arena.
+  func preserveAcrossCrash(_ store: CacheStore, _ kho: KHO, logger: Logger) {
+    guard let preservation = kho.preservation else { return }
+    let start = UInt64(kho.arena.base.distance(to: store.region.base))
+    let range = start..<start + UInt64(store.region.size)
+    do {
+      try preservation.preserve(range)
+      try preservation.addSubtree(Self.subtreeName, at: range)
+    } catch {
+      logger.error("kho-cache: the store will not survive a crash: \(error)")
+    }
   }
 
   /// The listening socket: the one the previous image handed over (by
@@ -427,6 +465,8 @@ func isListeningSocket(_ fd: Int32, port: Int) -> Bool {
 struct ClaimedStore {
   var range: KHOMemoryRange
   var bytes: UnsafeMutableRawBufferPointer
+  /// Left by an image that died rather than handed over.
+  var afterCrash: Bool
 }
 
 /// Why a handed-over store was refused.

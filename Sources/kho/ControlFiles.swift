@@ -88,6 +88,8 @@ extension ControlFiles {
     static let dt = "kernel/kho/dt"
     static let generation = "kernel/kho/generation"
     static let preservedBytes = "kernel/kho/preserved_bytes"
+    static let boot = "kernel/kho/boot"
+    static let preservationRanges = "kernel/kho/preservation/ranges"
     static let firmwareDT = "firmware/kho/dt"
     static let kexecLoaded = "kernel/kexec_loaded"
     static let kexecImage = "kernel/kexec/image"

@@ -22,8 +22,12 @@ extension DT {
         overlap each other or fall in scratch. Also reads blobs of real \
         kernels: /sys/kernel/kho/dt of the KHO v3 series (the same 'mem' \
         layout) and mainline's debugfs kho/out/fdt (a preserved-memory-map \
-        address on the root, an 'fdt' address per subsystem). Exits 1 when \
-        the blob is invalid or a problem is flagged.
+        address on the root, an 'fdt' address per subsystem), and kho-v4 \
+        roots as mainline writes them since it became stateless (a \
+        'preserved-data' address and a 'blob-size' per sub-blob), which is \
+        also what a running service's stateless description is: with \
+        --stateless, M/kernel/kho/preservation/dt. Exits 1 when the blob is \
+        invalid or a problem is flagged.
         """
     )
 
@@ -36,10 +40,18 @@ extension DT {
     @Option(help: "text or json.")
     var format: OutputFormat = .text
 
+    @Flag(
+      help:
+        "With a control mount M: decode its stateless description (kernel/kho/preservation/dt) instead of the serialized blob."
+    )
+    var stateless = false
+
     func run() throws {
       var scratchRange: KHORange?
       let blobPath: String
-      if FileIO.isDirectory(source) {
+      if FileIO.isDirectory(source) && stateless {
+        blobPath = source + "/kernel/kho/preservation/dt"
+      } else if FileIO.isDirectory(source) {
         blobPath = source + "/kernel/kho/dt"
         scratchRange = try? ControlFiles(mount: source).scratch()
       } else {
@@ -110,6 +122,8 @@ struct KHOBlobReport {
     var ranges: [KHORange]
     /// Mainline: the address of the subsystem's own FDT.
     var subFDT: UInt64?
+    /// Mainline kho-v4: `preserved-data` and `blob-size` of a sub-blob.
+    var subBlob: KHORange?
     var notes: [String]
   }
 
@@ -128,9 +142,9 @@ struct KHOBlobReport {
     self.size = tree.header.totalSize
     let root = tree.root
     compatible = root.property("compatible")?.strings ?? []
-    if compatible != ["kho-v1"] {
+    if compatible != ["kho-v1"] && compatible != ["kho-v4"] {
       problems.append(
-        "root compatible is \(compatible.map { "\"\($0)\"" }.joined(separator: ", ")), expected \"kho-v1\""
+        "root compatible is \(compatible.map { "\"\($0)\"" }.joined(separator: ", ")), expected \"kho-v1\" or \"kho-v4\""
       )
     }
     preservedMemoryMap = root.property("preserved-memory-map")?.native(UInt64.self)?.first
@@ -140,7 +154,10 @@ struct KHOBlobReport {
 
   private mutating func collect(_ node: FDTNode, path: String) {
     var entry = Node(
-      path: path.isEmpty ? "/" : path, compatible: [], ranges: [], subFDT: nil, notes: [])
+      path: path.isEmpty ? "/" : path, compatible: [], ranges: [], subFDT: nil, subBlob: nil,
+      notes: [])
+    var blobAddress: UInt64?
+    var blobSize: UInt64?
     for property in node.properties {
       switch property.name {
       case "compatible":
@@ -157,11 +174,24 @@ struct KHOBlobReport {
         }
       case "fdt":
         entry.subFDT = property.native(UInt64.self)?.first
+      case "preserved-data":
+        blobAddress = property.value.count == 8 ? property.native(UInt64.self)?.first : nil
+        if blobAddress == nil { entry.notes.append("preserved-data is not one u64") }
+      case "blob-size":
+        blobSize = property.value.count == 8 ? property.native(UInt64.self)?.first : nil
+        if blobSize == nil { entry.notes.append("blob-size is not one u64") }
       default:
         break
       }
     }
-    if !entry.ranges.isEmpty || entry.subFDT != nil || !entry.compatible.isEmpty || path.isEmpty {
+    if let blobAddress, let blobSize {
+      entry.subBlob = KHORange(address: blobAddress, length: blobSize)
+    } else if (blobAddress == nil) != (blobSize == nil) {
+      problems.append("\(entry.path): a sub-blob needs both preserved-data and blob-size")
+    }
+    if !entry.ranges.isEmpty || entry.subFDT != nil || entry.subBlob != nil
+      || !entry.compatible.isEmpty || path.isEmpty
+    {
       nodes.append(entry)
     }
     for child in node.children {
@@ -202,6 +232,9 @@ struct KHOBlobReport {
         out += "  mem \(r.text)  (\(humanBytes(r.length)))\n"
       }
       if let fdt = node.subFDT { out += "  fdt at 0x\(String(fdt, radix: 16))\n" }
+      if let blob = node.subBlob {
+        out += "  sub-blob \(blob.text)  (\(humanBytes(blob.length)))\n"
+      }
       for note in node.notes { out += "  note: \(note)\n" }
     }
     out +=
@@ -215,7 +248,9 @@ struct KHOBlobReport {
     let nodesJSON = nodes.map { n in
       let ranges = n.ranges.map { "{\"address\":\($0.address),\"length\":\($0.length)}" }.joined(
         separator: ",")
-      let fdt = n.subFDT.map { ",\"fdt\":\($0)" } ?? ""
+      let fdt =
+        (n.subFDT.map { ",\"fdt\":\($0)" } ?? "")
+        + (n.subBlob.map { ",\"blob\":{\"address\":\($0.address),\"length\":\($0.length)}" } ?? "")
       return
         "{\"path\":\(str(n.path)),\"compatible\":[\(n.compatible.map(str).joined(separator: ","))],"
         + "\"mem\":[\(ranges)]\(fdt),\"notes\":[\(n.notes.map(str).joined(separator: ","))]}"

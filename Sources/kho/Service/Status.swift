@@ -70,6 +70,12 @@ struct ServiceState {
   var loaded: Bool
   var image: [String]?
   var mode: String
+  /// `cold`, `handover` or `crash`; nil when the service has no
+  /// `kernel/kho/boot`.
+  var bootKind: String?
+  /// The ranges the service preserves statelessly (a crash keeps them);
+  /// nil when it has no `kernel/kho/preservation/ranges`.
+  var statelessRanges: [(UInt64, UInt64)]?
 
   init(_ files: ControlFiles) throws(ControlFiles.Failure) {
     mount = files.mount
@@ -85,18 +91,36 @@ struct ServiceState {
     loaded = try files.flag(ControlFiles.Path.kexecLoaded)
     image = try files.image()
     mode = try files.text(ControlFiles.Path.kexecMode)
+    bootKind = files.size(ControlFiles.Path.boot) != nil ? try files.text(ControlFiles.Path.boot) : nil
+    if files.size(ControlFiles.Path.preservationRanges) != nil {
+      statelessRanges = try files.text(ControlFiles.Path.preservationRanges).split(separator: "\n")
+        .compactMap { line in
+          let parts = line.split(separator: " ")
+          guard parts.count == 2, let a = parseCNumber(parts[0]), let b = parseCNumber(parts[1])
+          else { return nil }
+          return (a, b)
+        }
+    }
   }
+
+  /// Bytes preserved statelessly.
+  var statelessBytes: UInt64? { statelessRanges?.reduce(0) { $0 + ($1.1 &- $1.0) } }
 
   var text: String {
     func row(_ name: String, _ value: String) -> String {
       name + ":" + String(repeating: " ", count: max(1, 12 - name.count)) + value + "\n"
     }
     var out = row("mount", mount)
-    out += row(
-      "boot",
-      khoBoot
-        ? "KHO (handed over; incoming blob of \(incomingSize.map(humanBytes) ?? "?") in firmware/kho/dt)"
-        : "cold")
+    let boot: String
+    if bootKind == "crash" {
+      boot = "after a crash (the previous image died; its arena was kept, its stateless description adopted)"
+    } else if khoBoot {
+      boot =
+        "KHO (handed over; incoming blob of \(incomingSize.map(humanBytes) ?? "?") in firmware/kho/dt)"
+    } else {
+      boot = "cold"
+    }
+    out += row("boot", boot)
     out += row("generation", generation.map(String.init) ?? "unknown")
     out += row("active", active ? "yes (state serialized, ready to hand over)" : "no")
     out += row("dt_max", Service.hexBytes(dtMax))
@@ -107,6 +131,11 @@ struct ServiceState {
         ? "none (the service cannot hand over)"
         : "0x\(String(scratchPhysical, radix: 16)) + \(Service.hexBytes(scratchLength))")
     out += row("preserved", preservedBytes.map(Service.hexBytes) ?? "unknown")
+    if let statelessRanges, let statelessBytes {
+      out += row(
+        "stateless",
+        "\(Service.hexBytes(statelessBytes)) in \(statelessRanges.count) range(s), kept even across a crash")
+    }
     out += row("loaded", loaded ? "yes" : "no")
     if let image { out += row("image", Service.shellQuoted(image)) }
     out += row("mode", mode)
@@ -117,6 +146,8 @@ struct ServiceState {
     Service.jsonObject([
       ("mount", jsonString(mount)),
       ("khoBoot", Service.json(khoBoot)),
+      ("boot", bootKind.map(jsonString) ?? "null"),
+      ("statelessBytes", Service.json(statelessBytes)),
       ("incomingSize", Service.json(incomingSize)),
       ("generation", Service.json(generation)),
       ("active", Service.json(active)),
