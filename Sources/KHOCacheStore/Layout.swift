@@ -153,7 +153,11 @@ struct RegionMemory {
     base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
   }
   @inline(__always) func off(_ offset: Int) -> Int { Int(truncatingIfNeeded: u64(offset)) }
-  @inline(__always) func setOff(_ offset: Int, _ value: Int) { setU64(offset, UInt64(value)) }
+  // Bit patterns both ways: a damaged link read as a negative Int is
+  // copied back unchanged (never trapping) and checked when followed.
+  @inline(__always) func setOff(_ offset: Int, _ value: Int) {
+    setU64(offset, UInt64(bitPattern: Int64(value)))
+  }
   @inline(__always) func bytes(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(start: base + offset, count: count)
   }
