@@ -31,6 +31,42 @@ struct CycleGuard {
   }
 }
 
+/// What `chunkClass` needs from the geometry, precomputed so that the check
+/// costs no division: a shift for the page (page sizes are 1 MiB and other
+/// powers of two in practice; a division otherwise) and, for the position
+/// in the page, Lemire's divisibility test (n is a multiple of d iff
+/// n * M <= M - 1 with M = 2^64 / d rounded up, for n, d < 2^32: positions
+/// in a page are below 2^30).
+struct ChunkTable {
+  let slabBytes: UInt
+  let pageSize: Int
+  /// log2 of the page size, or -1 when it is not a power of two.
+  let pageShift: Int
+  /// By class id (index 0 unused): M for the chunk size, and the last
+  /// position in a page a chunk may start at.
+  let magic: [UInt64]
+  let lastStart: [Int]
+
+  init(_ geometry: Geometry) {
+    slabBytes = UInt(geometry.pageCount * geometry.pageSize)
+    pageSize = geometry.pageSize
+    pageShift =
+      geometry.pageSize & (geometry.pageSize - 1) == 0 ? geometry.pageSize.trailingZeroBitCount : -1
+    magic = [0] + geometry.chunkSizes.map { UInt64.max / UInt64($0) &+ 1 }
+    lastStart = [0] + geometry.chunkSizes.map { geometry.pageSize - $0 }
+  }
+
+  @inline(__always) func page(_ relative: UInt) -> Int {
+    Int(pageShift >= 0 ? relative >> UInt(pageShift) : relative / UInt(pageSize))
+  }
+
+  /// Whether `inPage` (0 ..< page size) is where a chunk of `classId` starts.
+  @inline(__always) func isChunkStart(_ inPage: Int, _ classId: Int) -> Bool {
+    let m = magic[classId]
+    return UInt64(truncatingIfNeeded: inPage) &* m <= m &- 1 && inPage <= lastStart[classId]
+  }
+}
+
 extension Geometry {
   /// The offset of slab page `page`.
   @inline(__always) func pageStart(_ page: Int) -> Int { slabOffset + page * pageSize }
@@ -47,14 +83,13 @@ extension StoreCore {
   @inline(__always) func chunkClass(_ offset: Int) -> Int {
     // One unsigned compare covers both ends (and offsets that were negative).
     let relative = UInt(bitPattern: offset &- geometry.slabOffset)
-    guard relative < UInt(bitPattern: geometry.pageCount &* geometry.pageSize) else { return 0 }
-    let page = Int(relative / UInt(bitPattern: geometry.pageSize))
+    guard relative < chunkTable.slabBytes else { return 0 }
+    let page = chunkTable.page(relative)
     guard page < pagesUsed else { return 0 }
     let classId = Int(memory.u8(geometry.pageTableOffset + page))
     guard classId >= 1 && classId <= geometry.classCount else { return 0 }
-    let inPage = Int(relative) - page * geometry.pageSize
-    let chunkSize = geometry.chunkSizes[classId - 1]
-    guard inPage % chunkSize == 0 && inPage + chunkSize <= geometry.pageSize else { return 0 }
+    let inPage = Int(relative) &- page &* geometry.pageSize
+    guard chunkTable.isChunkStart(inPage, classId) else { return 0 }
     return classId
   }
 
