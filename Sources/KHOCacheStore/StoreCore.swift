@@ -43,6 +43,8 @@ final class StoreCore {
     self.evictionsSinceRebalance = Array(repeating: 0, count: geometry.classCount + 1)
   }
 
+  deinit { chunkTable.deallocate() }
+
   // MARK: Time and counters
 
   /// Reads the clock for this operation and records it in the header, so

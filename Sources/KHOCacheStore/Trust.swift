@@ -31,39 +31,64 @@ struct CycleGuard {
   }
 }
 
-/// What `chunkClass` needs from the geometry, precomputed so that the check
-/// costs no division: a shift for the page (page sizes are 1 MiB and other
-/// powers of two in practice; a division otherwise) and, for the position
-/// in the page, Lemire's divisibility test (n is a multiple of d iff
-/// n * M <= M - 1 with M = 2^64 / d rounded up, for n, d < 2^32: positions
-/// in a page are below 2^30).
+/// What `chunkClass` and `itemClass` need from the geometry, precomputed
+/// so that the checks cost no division and no bounds check:
+/// - a shift for the page (page sizes are 1 MiB and other powers of two in
+///   practice; a division otherwise);
+/// - an entry for each of the 256 values a page-table byte can take, so the
+///   byte indexes it unchecked; ids that are no class (0, above the class
+///   count) have `lastStart` -1, which no position passes;
+/// - for the position in the page, Lemire's divisibility test (n is a
+///   multiple of d iff n * M <= M - 1, M = 2^64 / d rounded up, for n and
+///   d below 2^32: positions in a page are below 2^30).
 struct ChunkTable {
+  struct Entry {
+    var magic: UInt64 = 0
+    /// The last position in a page where a chunk of the class may start.
+    var lastStart = -1
+    /// The bytes of a chunk after the item header: key + value must fit.
+    var payload = 0
+  }
+
   let slabBytes: UInt
   let pageSize: Int
   /// log2 of the page size, or -1 when it is not a power of two.
   let pageShift: Int
-  /// By class id (index 0 unused): M for the chunk size, and the last
-  /// position in a page a chunk may start at.
-  let magic: [UInt64]
-  let lastStart: [Int]
+  let entries: UnsafeMutablePointer<Entry>
 
   init(_ geometry: Geometry) {
     slabBytes = UInt(geometry.pageCount * geometry.pageSize)
     pageSize = geometry.pageSize
     pageShift =
       geometry.pageSize & (geometry.pageSize - 1) == 0 ? geometry.pageSize.trailingZeroBitCount : -1
-    magic = [0] + geometry.chunkSizes.map { UInt64.max / UInt64($0) &+ 1 }
-    lastStart = [0] + geometry.chunkSizes.map { geometry.pageSize - $0 }
+    entries = .allocate(capacity: 256)
+    entries.initialize(repeating: Entry(), count: 256)
+    for (index, chunkSize) in geometry.chunkSizes.enumerated() {
+      entries[index + 1] = Entry(
+        magic: UInt64.max / UInt64(chunkSize) &+ 1, lastStart: geometry.pageSize - chunkSize,
+        payload: chunkSize - ItemField.headerSize)
+    }
   }
+
+  /// Frees the table (called once, by the owning core's deinit).
+  func deallocate() { entries.deallocate() }
 
   @inline(__always) func page(_ relative: UInt) -> Int {
-    Int(pageShift >= 0 ? relative >> UInt(pageShift) : relative / UInt(pageSize))
+    Int(
+      truncatingIfNeeded: pageShift >= 0 ? relative &>> UInt(pageShift) : relative / UInt(pageSize))
   }
 
-  /// Whether `inPage` (0 ..< page size) is where a chunk of `classId` starts.
+  /// Whether `inPage` (0 ..< page size) is where a chunk of class byte
+  /// `classId` (any value 0...255) starts.
   @inline(__always) func isChunkStart(_ inPage: Int, _ classId: Int) -> Bool {
-    let m = magic[classId]
-    return UInt64(truncatingIfNeeded: inPage) &* m <= m &- 1 && inPage <= lastStart[classId]
+    let entry = entries[classId]
+    return UInt64(truncatingIfNeeded: inPage) &* entry.magic <= entry.magic &- 1
+      && inPage <= entry.lastStart
+  }
+
+  /// Whether key and value lengths fit a chunk of class `classId`.
+  @inline(__always) func fits(keyLength: Int, valueLength: Int, _ classId: Int) -> Bool {
+    keyLength &+ valueLength <= entries[classId].payload
   }
 }
 
@@ -86,9 +111,9 @@ extension StoreCore {
     guard relative < chunkTable.slabBytes else { return 0 }
     let page = chunkTable.page(relative)
     guard page < pagesUsed else { return 0 }
-    let classId = Int(memory.u8(geometry.pageTableOffset + page))
-    guard classId >= 1 && classId <= geometry.classCount else { return 0 }
-    let inPage = Int(relative) &- page &* geometry.pageSize
+    // Any byte value indexes the table; ids that are no class fail there.
+    let classId = Int(memory.u8(geometry.pageTableOffset &+ page))
+    let inPage = Int(bitPattern: relative) &- page &* geometry.pageSize
     guard chunkTable.isChunkStart(inPage, classId) else { return 0 }
     return classId
   }
@@ -99,12 +124,15 @@ extension StoreCore {
   /// inside the chunk. 0 otherwise.
   @inline(__always) func itemClass(_ item: Int) -> Int {
     let classId = chunkClass(item)
-    guard classId != 0, Int(memory.u8(item + ItemField.classId)) == classId, isLinked(item) else {
-      return 0
-    }
-    let keyLength = self.keyLength(item)
-    guard keyLength >= 1 && keyLength <= CacheLimits.maxKeyLength,
-      ItemField.headerSize + keyLength + valueLength(item) <= geometry.chunkSizes[classId - 1]
+    // A chunk start is at least a header before the end of the slab pages:
+    // the offsets below cannot overflow, and stay inside the chunk.
+    guard classId != 0, Int(memory.u8(item &+ ItemField.classId)) == classId,
+      memory.u8(item &+ ItemField.itemFlags) & ~ItemField.pinned == ItemField.linked
+    else { return 0 }
+    let keyLength = Int(memory.u8(item &+ ItemField.keyLength))
+    let valueLength = Int(memory.u32(item &+ ItemField.valueLength))
+    guard UInt(bitPattern: keyLength &- 1) < UInt(CacheLimits.maxKeyLength),
+      chunkTable.fits(keyLength: keyLength, valueLength: valueLength, classId)
     else { return 0 }
     return classId
   }

@@ -18,8 +18,10 @@
   @main struct StoreBench {
     static let keyCount = 100_000
     static let keyWidth = 16
-    static let rounds = 10
-    static let opsPerRound = 2_000_000
+    static let rounds = Int(environment("KHO_STORE_BENCH_ROUNDS") ?? "") ?? 10
+    static let opsPerRound = Int(environment("KHO_STORE_BENCH_OPS") ?? "") ?? 2_000_000
+
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
     static func main() throws {
       let size = CacheStore.regionSize(memoryLimit: 64 << 20)
