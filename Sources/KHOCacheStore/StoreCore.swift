@@ -133,7 +133,7 @@ final class StoreCore {
       let item = chainItem(at: link, bucket: bucket)
       if item == 0 { return 0 }
       if cycle.hasLooped(item) {
-        cut(link, "hash chain of bucket \(bucket) loops at \(item)")
+        cutChain(link, bucket: bucket, at: item, loops: true)
         return 0
       }
       if memory.u32(item + ItemField.hash) == hash && keyLength(item) == key.count
@@ -157,8 +157,25 @@ final class StoreCore {
     if itemClass(item) != 0 && geometry.bucket(memory.u32(item + ItemField.hash)) == bucket {
       return item
     }
-    cut(link, "hash chain of bucket \(bucket) reaches \(item)")
+    cutChain(link, bucket: bucket, at: item, loops: false)
     return 0
+  }
+
+  // The damage paths, out of line: they build a message, and keeping that
+  // out of the hot functions keeps those small.
+
+  @inline(never) func cutChain(_ link: Int, bucket: Int, at item: Int, loops: Bool) {
+    cut(link, "hash chain of bucket \(bucket) \(loops ? "loops at" : "reaches") \(item)")
+  }
+
+  @inline(never) func lruDamage(_ classId: Int, at offset: Int, excluding item: Int) {
+    damage("LRU of class \(classId) broken at \(offset)")
+    rebuildClass(classId, excluding: item)
+  }
+
+  @inline(never) func freeListDamage(_ classId: Int, at chunk: Int) {
+    damage("free list of class \(classId) reaches \(chunk)")
+    rebuildClass(classId, excluding: 0)
   }
 
   /// Ends a damaged chain or list at `link` (not while frozen: the region
@@ -183,7 +200,7 @@ final class StoreCore {
       let next = chainItem(at: link, bucket: bucket)
       if next == 0 { return }
       if cycle.hasLooped(next) {
-        cut(link, "hash chain of bucket \(bucket) loops at \(next)")
+        cutChain(link, bucket: bucket, at: next, loops: true)
         return
       }
       if next == item {
@@ -214,8 +231,7 @@ final class StoreCore {
     let entry = geometry.classEntry(classId)
     var head = memory.off(entry + ClassField.lruHead)
     if !isLRUNeighbour(head, classId) || head == item {
-      damage("LRU head of class \(classId) at \(head)")
-      rebuildClass(classId, excluding: item)
+      lruDamage(classId, at: head, excluding: item)
       head = memory.off(entry + ClassField.lruHead)
     }
     memory.setOff(item + ItemField.lruPrev, 0)
@@ -241,8 +257,7 @@ final class StoreCore {
     let nextSound =
       next == 0 ? memory.off(entry + ClassField.lruTail) == item : isLRUNeighbour(next, classId)
     guard prevSound && nextSound && prev != item && next != item else {
-      damage("LRU of class \(classId) broken at \(item)")
-      rebuildClass(classId, excluding: item)
+      lruDamage(classId, at: item, excluding: item)
       return
     }
     if prev != 0 {
@@ -338,8 +353,7 @@ final class StoreCore {
         memory.setU64(entry + ClassField.freeCount, memory.u64(entry + ClassField.freeCount) &- 1)
         return chunk
       }
-      damage("free list of class \(classId) reaches \(chunk)")
-      rebuildClass(classId, excluding: 0)
+      freeListDamage(classId, at: chunk)
     }
     return 0
   }
@@ -428,8 +442,7 @@ final class StoreCore {
         tries -= 1
       }
       guard broken else { return 0 }
-      damage("LRU of class \(classId) broken at \(candidate)")
-      rebuildClass(classId, excluding: 0)
+      lruDamage(classId, at: candidate, excluding: 0)
     }
     return 0
   }
