@@ -369,6 +369,40 @@ enum AimedDamage: String, CaseIterable, Sendable {
     #expect(refused > 0 && damaged > 0)
   }
 
+  /// Random values in the fields that hold offsets and lengths: item
+  /// headers (links, lengths, class id, flags), bucket heads, and the
+  /// class table's anchors, many times over.
+  @Test func randomFields() throws {
+    let fixture = try DamageFixture()
+    var random = SplitMix64(seed: 10)
+    var damaged = 0
+    for iteration in 0..<100 {
+      fixture.restore()
+      var damage = Damager(base: fixture.region.base)
+      for _ in 0..<(1 + random.below(4)) {
+        let (key, item) = fixture.item(random.below(1000))
+        let value = word(&random, at: item, fixture)
+        switch random.below(9) {
+        case 0: damage.u64(item + ItemField.hashNext, value)
+        case 1: damage.u64(item + ItemField.lruPrev, value)
+        case 2: damage.u64(item + ItemField.lruNext, value)
+        case 3: damage.u32(item + ItemField.valueLength, UInt32(truncatingIfNeeded: value))
+        case 4: damage.u8(item + ItemField.keyLength, UInt8(truncatingIfNeeded: value))
+        case 5: damage.u8(item + ItemField.classId, UInt8(truncatingIfNeeded: value))
+        case 6: damage.u8(item + ItemField.itemFlags, UInt8(truncatingIfNeeded: value))
+        case 7: damage.u64(fixture.bucket(of: key), value)
+        default:
+          let entry = fixture.classEntry(1 + random.below(Int(fixture.u64(Header.classCount))))
+          let field = [ClassField.freeHead, ClassField.lruHead, ClassField.lruTail][random.below(3)]
+          damage.u64(entry + field, value)
+        }
+      }
+      let outcome = try exercise(fixture, damage, seed: UInt64(iteration))
+      if outcome.damaged > 0 { damaged += 1 }
+    }
+    #expect(damaged > 50, "\(damaged) of 100 damaged regions noticed")
+  }
+
   private func word(_ random: inout SplitMix64, at offset: Int, _ fixture: DamageFixture) -> UInt64
   {
     switch random.below(7) {
