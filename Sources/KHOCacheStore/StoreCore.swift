@@ -150,13 +150,14 @@ final class StoreCore {
 
   /// The item the link at `link` (a bucket head or an item's `hashNext`)
   /// names, or 0 at the end of the chain. A link to anything but a sound
-  /// item of this bucket ends the chain: it is cut there and reported.
+  /// item ends the chain: it is cut there and reported. (An item of another
+  /// bucket is not refused here: reading it is safe, it cannot match the
+  /// key asked for, and if it is freed the chain is cut at it then.
+  /// `checkConsistency` looks for it.)
   @inline(__always) func chainItem(at link: Int, bucket: Int) -> Int {
     let item = memory.off(link)
     guard item != 0 else { return 0 }
-    if itemClass(item) != 0 && geometry.bucket(memory.u32(item + ItemField.hash)) == bucket {
-      return item
-    }
+    if itemClass(item) != 0 { return item }
     cutChain(link, bucket: bucket, at: item, loops: false)
     return 0
   }
@@ -227,10 +228,17 @@ final class StoreCore {
   }
 
   /// Puts `item` (of class `classId`) at the head of its LRU.
+  ///
+  /// The class's LRU anchors (head and tail) need no check here: `attach`
+  /// checked each is 0 or a chunk of the class, and they are only ever set
+  /// to offsets that passed `chunkClass` since (or rebuilt, also when their
+  /// page moves), so writing through them is safe. (The free list head is
+  /// not such an anchor: popping copies a raw link into it; `popFree`
+  /// checks it.)
   func lruPushHead(_ item: Int, _ classId: Int) {
     let entry = geometry.classEntry(classId)
     var head = memory.off(entry + ClassField.lruHead)
-    if !isLRUNeighbour(head, classId) || head == item {
+    if head == item {
       lruDamage(classId, at: head, excluding: item)
       head = memory.off(entry + ClassField.lruHead)
     }
@@ -303,18 +311,16 @@ final class StoreCore {
 
   /// Removes a live item everywhere and returns its chunk to its free list.
   func unlink(_ item: Int, reason: UnlinkReason) {
-    if let classId = detach(item, reason: reason) { free(item, classId) }
+    free(item, detach(item, reason: reason))
   }
 
   /// Removes a live item from the hash index and its LRU, counts it, and
-  /// marks its chunk unused; the caller owns the chunk. nil (and nothing
-  /// touched) when `item` is not a sound item.
-  func detach(_ item: Int, reason: UnlinkReason) -> Int? {
-    let classId = itemClass(item)
-    guard classId != 0 else {
-      damage("unlinking \(item), which is no item")
-      return nil
-    }
+  /// marks its chunk unused; the caller owns the chunk. `item` must have
+  /// passed `itemClass` in this operation (every caller has: it came from
+  /// `find`, or a walk that checked it), so its class byte is trusted.
+  /// Returns its class.
+  func detach(_ item: Int, reason: UnlinkReason) -> Int {
+    let classId = self.classId(item)
     hashRemove(item)
     lruRemove(item, classId)
     memory.setU8(item + ItemField.itemFlags, 0)
@@ -398,7 +404,9 @@ final class StoreCore {
 
   private func reclaimDeadTail(_ classId: Int) {
     let tail = memory.off(geometry.classEntry(classId) + ClassField.lruTail)
-    if tail != 0 && !isPinned(tail) && itemClass(tail) == classId && isDead(tail) {
+    // The tail is an anchor (always a chunk of the class, see lruPushHead):
+    // its fields can be read; it is checked as an item only when it looks dead.
+    if tail != 0 && !isPinned(tail) && isDead(tail) && itemClass(tail) == classId {
       unlink(tail, reason: .reclaimed)
     }
   }

@@ -110,8 +110,9 @@ extension StoreCore {
     let relative = UInt(bitPattern: offset &- geometry.slabOffset)
     guard relative < chunkTable.slabBytes else { return 0 }
     let page = chunkTable.page(relative)
-    guard page < pagesUsed else { return 0 }
     // Any byte value indexes the table; ids that are no class fail there.
+    // That includes pages not handed out yet: attach checked their bytes
+    // are 0, and only grabPage sets one, as it hands the page out.
     let classId = Int(memory.u8(geometry.pageTableOffset &+ page))
     let inPage = Int(bitPattern: relative) &- page &* geometry.pageSize
     guard chunkTable.isChunkStart(inPage, classId) else { return 0 }

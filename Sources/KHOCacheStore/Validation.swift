@@ -27,8 +27,8 @@ extension CacheStore {
     try checkCas(memory, geometry, pagesUsed: Int(pagesUsed))
   }
 
-  /// Every used page belongs to a class, and each class's page count is the
-  /// number of pages the table gives it. Returns those numbers by class id.
+  /// Every used page belongs to a class, every unused one to none, and each
+  /// class's page count is the number of pages the table gives it. Returns those numbers by class id.
   private static func checkPageTable(_ memory: RegionMemory, _ geometry: Geometry, pagesUsed: Int)
     throws(CacheRegionError) -> [UInt64]
   {
@@ -39,6 +39,11 @@ extension CacheStore {
         throw .corrupt("page \(page) of class \(classId)")
       }
       pages[classId] += 1
+    }
+    // Pages not handed out yet belong to no class (chunkClass relies on it).
+    for page in pagesUsed..<geometry.pageCount
+    where memory.u8(geometry.pageTableOffset + page) != 0 {
+      throw .corrupt("unused page \(page) of class \(memory.u8(geometry.pageTableOffset + page))")
     }
     for classId in 1...geometry.classCount {
       let recorded = memory.u64(geometry.classEntry(classId) + ClassField.pageCount)
