@@ -110,6 +110,9 @@ public final class CacheServerContext: Sendable {
       ("total_items", "\(store["total_items"])"),
       ("evictions", "\(store["evictions"])"),
       ("reclaimed", "\(store["reclaimed"])"),
+      ("slabs_moved", "\(store["slabs_moved"])"),
+      // Damage found in a handed-over region and cut away (kho-cache only).
+      ("damaged", "\(store["damaged"])"),
     ]
     return lines
   }

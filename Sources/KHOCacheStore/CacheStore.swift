@@ -73,9 +73,11 @@ public final class CacheStore: @unchecked Sendable {
   ///   - region: the memory, mapped shared and read-write.
   ///   - itemSizeMax: the largest item (header + key + value), memcached's `-I`.
   ///   - clock: where time comes from; `.system` outside tests.
+  ///   - damageHandler: told about damage found in the region (see `attach`).
   /// - Throws: `CacheRegionError` when the region or the limit is unusable.
   public static func format(
-    region: CacheRegion, itemSizeMax: Int = defaultItemSizeMax, clock: CacheClockSource = .system
+    region: CacheRegion, itemSizeMax: Int = defaultItemSizeMax, clock: CacheClockSource = .system,
+    damageHandler: (@Sendable (String) -> Void)? = nil
   ) throws(CacheRegionError) -> CacheStore {
     guard (1024...(1 << 30)).contains(itemSizeMax) else { throw .invalidItemSizeMax(itemSizeMax) }
     guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
@@ -87,15 +89,29 @@ public final class CacheStore: @unchecked Sendable {
     geometry.write(to: memory)
     memory.setU32(Header.state, Header.stateLive)
     memory.setU64(Header.clock, CacheLimits.clockStart)
+    memory.setU64(
+      Header.clockEpochWallSeconds,
+      UInt64(bitPattern: clock.wallSeconds() &- Int64(CacheLimits.clockStart)))
     let core = StoreCore(
       memory: memory, geometry: geometry,
-      clock: CacheClock(source: clock, resumingAt: CacheLimits.clockStart))
+      clock: CacheClock(source: clock, resumingAt: CacheLimits.clockStart),
+      damageHandler: damageHandler)
     return CacheStore(region: region, core: core)
   }
 
   /// After a handover: checks the header (magic, version, size, geometry
-  /// checksum and layout, allocator and LRU anchors, the frozen mark) and
-  /// uses the store as it is. No per-item work: O(size classes).
+  /// checksum and layout, the page table, allocator and LRU anchors, the
+  /// clock and CAS counter, the frozen mark) and uses the store as it is.
+  /// No per-item work: O(size classes + slab pages).
+  ///
+  /// The region is never trusted beyond that: every offset and length read
+  /// from it later is checked before use, and every walk is bounded. An
+  /// item, chain or list that fails a check disappears (it is cut off, or
+  /// its class's lists are rebuilt from the class's pages), is counted in
+  /// the `damaged` stat, and is reported to `damageHandler`. No damage can
+  /// crash the store, hang it, or make it return bytes that were not stored
+  /// under the key asked for (bytes changed in place inside a value cannot
+  /// be told from the value: the format has no per-item checksum).
   ///
   /// - Parameters:
   ///   - region: the same bytes `format` was given, mapped anywhere.
@@ -103,14 +119,19 @@ public final class CacheStore: @unchecked Sendable {
   ///     value the previous owner recorded.
   ///   - requireFrozen: refuse a store its previous owner did not freeze
   ///     (true by default: only a frozen store is known to be consistent).
+  ///   - damageHandler: told, with the store lock held, what damage was
+  ///     found and cut away (a sentence for a log; it must not call back
+  ///     into the store). nil: only counted.
   /// - Throws: `CacheRegionError` naming the first problem found.
   public static func attach(
-    region: CacheRegion, clock: CacheClockSource = .system, requireFrozen: Bool = true
+    region: CacheRegion, clock: CacheClockSource = .system, requireFrozen: Bool = true,
+    damageHandler: (@Sendable (String) -> Void)? = nil
   ) throws(CacheRegionError) -> CacheStore {
     guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
     let memory = RegionMemory(base: region.base, size: region.size)
     let geometry = try Geometry.read(from: memory)
-    try checkDynamicState(memory, geometry, requireFrozen: requireFrozen)
+    try checkDynamicState(
+      memory, geometry, requireFrozen: requireFrozen, wallSeconds: clock.wallSeconds())
     memory.setU32(Header.state, Header.stateLive)
     // Resume the clock where the previous image froze it, to the
     // nanosecond when it recorded that (else from whole seconds).
@@ -120,7 +141,8 @@ public final class CacheStore: @unchecked Sendable {
     memory.setU64(Header.clockNanoseconds, 0)
     let core = StoreCore(
       memory: memory, geometry: geometry,
-      clock: CacheClock(source: clock, resumingAtNanoseconds: resume))
+      clock: CacheClock(source: clock, resumingAtNanoseconds: resume),
+      damageHandler: damageHandler)
     return CacheStore(region: region, core: core)
   }
 

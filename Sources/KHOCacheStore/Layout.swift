@@ -34,7 +34,16 @@ enum Header {
   static let clock = 120  // u64: cache clock, seconds
   static let oldestLive = 128  // u64: flush_all horizon (0 = none)
   static let oldestCas = 136  // u64: items with a smaller CAS are flushed
-  static let stats = 144  // StatCounter.count × u64
+  static let stats = 144  // StatCounter.count × u64, up to `reserved`
+  // [stats end, 1008): reserved, zero. Format version 1 readers never look
+  // at it, so fields may be added here without a version bump as long as
+  // 0 means "not recorded".
+  // u64: the wall-clock second (unix time) at which the cache clock would
+  // have read 0, written by `format` (0: not recorded, by an older image).
+  // The cache clock only runs while an image runs, so it can never be
+  // ahead of the wall-clock time elapsed since then: the one independent
+  // reference `attach` has to refuse a clock from the far future.
+  static let clockEpochWallSeconds = 1008
   // u64: the cache clock in nanoseconds when the store was frozen, so that
   // the next image resumes it without losing the fraction of a second
   // (0: not recorded; the seconds in `clock` then).
@@ -77,8 +86,9 @@ enum ItemField {
   static let headerSize = 56  // key bytes follow, then value bytes
 
   static let linked: UInt8 = 1
-  /// Set only inside one locked operation, so that an allocation it makes
-  /// cannot evict the item it is still reading; never set when the lock is free.
+  /// Written by earlier builds only inside one locked operation, never at
+  /// rest. This build keeps the pin in `StoreCore.pinned` instead (a damaged
+  /// region could otherwise pin items forever); the bit is ignored.
   static let pinned: UInt8 = 2
 }
 
@@ -90,6 +100,12 @@ enum StatCounter: Int, CaseIterable {
   case deleteHits, deleteMisses, incrHits, incrMisses, decrHits, decrMisses
   case casHits, casMisses, casBadval, touchHits, touchMisses
   case storeTooLarge, storeNoMemory
+  // Added after format version 1 shipped, in the reserved words after the
+  // others (zero in a region an older image formatted, ignored by it).
+  /// Damage found in the region and cut away (an item, a chain, a list).
+  case damaged
+  /// Slab pages moved from one size class to another.
+  case slabsMoved
 }
 
 /// Limits of the format.
@@ -105,6 +121,11 @@ public enum CacheLimits {
   /// memcached's ITEM_UPDATE_INTERVAL: an item is moved to the LRU head at
   /// most this often, which keeps hot reads from rewriting the list.
   static let lruBumpInterval: UInt32 = 60
+}
+
+extension Header {
+  /// The stats words must end before the reserved field(s) above.
+  static let statsEnd = stats + StatCounter.allCases.count * 8
 }
 
 /// Raw, unchecked access to the region. Bounds are established once by
@@ -132,7 +153,11 @@ struct RegionMemory {
     base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
   }
   @inline(__always) func off(_ offset: Int) -> Int { Int(truncatingIfNeeded: u64(offset)) }
-  @inline(__always) func setOff(_ offset: Int, _ value: Int) { setU64(offset, UInt64(value)) }
+  // Bit patterns both ways: a damaged link read as a negative Int is
+  // copied back unchanged (never trapping) and checked when followed.
+  @inline(__always) func setOff(_ offset: Int, _ value: Int) {
+    setU64(offset, UInt64(bitPattern: Int64(value)))
+  }
   @inline(__always) func bytes(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(start: base + offset, count: count)
   }

@@ -51,18 +51,18 @@ extension StoreCore {
     let hash = keyHash(key)
     let old = find(key, hash: hash)
     if let refusal = precondition(mode, old: old) { return refusal }
-    if old != 0 { setPinned(old, true) }
+    pinned = old
     let item: Int
     do {
       item = try build(
         mode, old: old, key: key, hash: hash, value: value, flags: flags, exptime: exptime)
     } catch {
-      if old != 0 { setPinned(old, false) }
+      pinned = 0
       // memcached drops the old value when a set fails, so no stale data stays.
       if mode == .set && old != 0 { unlink(old, reason: .removed) }
       throw error
     }
-    if old != 0 { setPinned(old, false) }
+    pinned = 0
     replace(old, with: item)
     return .stored
   }
@@ -156,15 +156,15 @@ extension StoreCore {
       bump(item)
       return result
     }
-    setPinned(item, true)
-    defer { if memory.u8(item + ItemField.itemFlags) != 0 { setPinned(item, false) } }
+    pinned = item
+    defer { pinned = 0 }
     let fresh = try withBytes(digits) { bytes throws(CacheOperationError) in
       try makeItem(
         key: key, hash: hash, flags: memory.u32(item + ItemField.flags),
         exptime: memory.u32(item + ItemField.exptime), valueLength: bytes.count
       ) { $0.copyMemory(from: bytes) }
     }
-    setPinned(item, false)
+    pinned = 0
     replace(item, with: fresh)
     return result
   }

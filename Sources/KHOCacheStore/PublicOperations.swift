@@ -157,7 +157,8 @@ public struct CacheStats: Sendable, Equatable {
   /// get_hits, get_misses, get_expired, get_flushed, delete_hits,
   /// delete_misses, incr_hits, incr_misses, decr_hits, decr_misses,
   /// cas_hits, cas_misses, cas_badval, touch_hits, touch_misses,
-  /// store_too_large, store_no_memory.
+  /// store_too_large, store_no_memory, damaged (damage found in the region
+  /// and cut away), slabs_moved (pages moved between size classes).
   public var counters: [String: UInt64] = [:]
   /// Bytes of slab pages.
   public var limitMaxBytes: UInt64 = 0
@@ -200,6 +201,8 @@ extension StatCounter {
     case .touchMisses: "touch_misses"
     case .storeTooLarge: "store_too_large"
     case .storeNoMemory: "store_no_memory"
+    case .damaged: "damaged"
+    case .slabsMoved: "slabs_moved"
     }
   }
 }
