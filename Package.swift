@@ -78,7 +78,10 @@ let package = Package(
 
     // kho-cache: a memcached-protocol cache whose whole state lives in one
     // caller-given region (the KHO arena in production), addressed by offsets.
-    .target(name: "KHOCacheStore"),
+    // CRC-32C, with the SSE4.2 instruction where there is one: the store's
+    // per-item checksums.
+    .target(name: "CKHOChecksum"),
+    .target(name: "KHOCacheStore", dependencies: ["CKHOChecksum"]),
     .target(
       name: "KHOCacheServer",
       dependencies: [

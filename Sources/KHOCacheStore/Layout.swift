@@ -1,4 +1,5 @@
-// The byte layout of a cache region, format version 1.
+// The byte layout of a cache region, format version 2 (1 had no item
+// checksum and a 56-byte item header).
 //
 // Everything inside the region is addressed by byte offsets from its base, so
 // a process that maps the same memory at another address uses it as is. All
@@ -83,7 +84,11 @@ enum ItemField {
   static let keyLength = 52  // u8
   static let classId = 53  // u8
   static let itemFlags = 54  // u8
-  static let headerSize = 56  // key bytes follow, then value bytes
+  // u32: CRC-32C of flags and value length (40..<48), the key length (52),
+  // the key and the value; written when the item is filled, checked before
+  // its bytes are served (format 2).
+  static let checksum = 56
+  static let headerSize = 64  // key bytes follow, then value bytes
 
   static let linked: UInt8 = 1
   /// Written by earlier builds only inside one locked operation, never at

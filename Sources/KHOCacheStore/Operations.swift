@@ -49,7 +49,8 @@ extension StoreCore {
   ) throws(CacheOperationError) -> StoreResult {
     count(.cmdSet)
     let hash = keyHash(key)
-    let old = find(key, hash: hash)
+    // A set replaces the old item whatever it holds: no need to verify it.
+    let old = find(key, hash: hash, verify: mode != .set)
     if let refusal = precondition(mode, old: old) { return refusal }
     pinned = old
     let item: Int
@@ -152,6 +153,7 @@ extension StoreCore {
       let target = mutableValue(item)
       target.copyBytes(from: digits)
       for index in digits.count..<target.count { target[index] = UInt8(ascii: " ") }
+      seal(item)
       memory.setU64(item + ItemField.cas, nextCas())
       bump(item)
       return result

@@ -1,3 +1,5 @@
+import CKHOChecksum
+
 /// The unlocked core: hash index, per-class LRUs, slab allocator, counters,
 /// all in the region. Every method is called with the store lock held.
 ///
@@ -79,6 +81,26 @@ final class StoreCore {
 
   // MARK: Item fields (of items `itemClass` accepted, or just built)
 
+  /// CRC-32C of what a reader of the item trusts: flags and value length,
+  /// key length, key and value. The lengths must have been checked
+  /// (`itemClass`): the bytes summed lie inside the item's chunk.
+  @inline(__always) func contentChecksum(_ item: Int) -> UInt32 {
+    let base = memory.base + item
+    var crc = ckho_crc32c(0, base + ItemField.flags, 8)
+    crc = ckho_crc32c(crc, base + ItemField.keyLength, 1)
+    return ckho_crc32c(crc, base + ItemField.headerSize, keyLength(item) + valueLength(item))
+  }
+
+  /// Records the item's checksum, after its bytes are written.
+  @inline(__always) func seal(_ item: Int) {
+    memory.setU32(item + ItemField.checksum, contentChecksum(item))
+  }
+
+  /// Whether the item's bytes are the ones it was sealed with.
+  @inline(__always) func isIntact(_ item: Int) -> Bool {
+    memory.u32(item + ItemField.checksum) == contentChecksum(item)
+  }
+
   @inline(__always) func keyLength(_ item: Int) -> Int {
     Int(memory.u8(item + ItemField.keyLength))
   }
@@ -125,7 +147,13 @@ final class StoreCore {
   /// The live item with this key, or 0. Dead items met on the way are
   /// unlinked (unless frozen) and counted as expired/flushed gets when
   /// `countDead` is set. A damaged chain is cut where it goes wrong.
-  func find(_ key: UnsafeRawBufferPointer, hash: UInt32, countDead: Bool = false) -> Int {
+  ///
+  /// With `verify` (the default), an item whose checksum does not match
+  /// its bytes is damaged: it is dropped and reported, never returned. A
+  /// caller about to replace the item whatever it holds may skip that.
+  func find(
+    _ key: UnsafeRawBufferPointer, hash: UInt32, countDead: Bool = false, verify: Bool = true
+  ) -> Int {
     let bucket = geometry.bucket(hash)
     var link = bucket
     var cycle = CycleGuard()
@@ -139,6 +167,10 @@ final class StoreCore {
       if memory.u32(item + ItemField.hash) == hash && keyLength(item) == key.count
         && keysEqual(self.key(item), key)
       {
+        if verify && !isIntact(item) {
+          torn(item)
+          return 0
+        }
         guard isDead(item) else { return item }
         if countDead { count(isExpired(item) ? .getExpired : .getFlushed) }
         if !frozen { unlink(item, reason: .reclaimed) }
@@ -164,6 +196,11 @@ final class StoreCore {
 
   // The damage paths, out of line: they build a message, and keeping that
   // out of the hot functions keeps those small.
+
+  @inline(never) func torn(_ item: Int) {
+    damage("item at \(item): its bytes do not match its checksum")
+    if !frozen { unlink(item, reason: .reclaimed) }
+  }
 
   @inline(never) func cutChain(_ link: Int, bucket: Int, at item: Int, loops: Bool) {
     cut(link, "hash chain of bucket \(bucket) \(loops ? "loops at" : "reaches") \(item)")
@@ -487,6 +524,7 @@ final class StoreCore {
     let keyStart = item + ItemField.headerSize
     memory.mutableBytes(keyStart, key.count).copyMemory(from: key)
     fill(memory.mutableBytes(keyStart + key.count, valueLength))
+    seal(item)
     return item
   }
 

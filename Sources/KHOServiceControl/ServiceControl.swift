@@ -210,8 +210,10 @@ public final class ServiceControl: Sendable {
       try box.with { c throws(FileError) in
         let ranges = c.runtime.kho.preservation?.ranges ?? []
         return Array(
-          ranges.map { "0x\(String($0.lowerBound, radix: 16)) 0x\(String($0.upperBound, radix: 16))\n" }
-            .joined().utf8)
+          ranges.map {
+            "0x\(String($0.lowerBound, radix: 16)) 0x\(String($0.upperBound, radix: 16))\n"
+          }
+          .joined().utf8)
       }
     }
     files[ControlPaths.kexecLoaded] = .attribute(mode: 0o444) { () throws(FileError) in

@@ -240,7 +240,10 @@ struct KHOCacheCommand: ParsableCommand {
       // middle of a mutation, and attach checks it as such.
       let store = try CacheStore.attach(
         region: CacheRegion(base: claimed.bytes.baseAddress!, size: claimed.bytes.count),
-        requireFrozen: !claimed.afterCrash)
+        requireFrozen: !claimed.afterCrash,
+        damageHandler: { [logger] damage in
+          logger.warning("kho-cache: damage in the adopted store, cut away: \(damage)")
+        })
       logger.info(
         "kho-cache: adopted the \(claimed.afterCrash ? "crashed image's" : "handed-over") store of \(claimed.bytes.count) bytes"
       )

@@ -22,7 +22,7 @@ import Testing
     var stored: [String: [UInt8]] = [:]
     for size in stride(from: 1024, through: itemSizeMax, by: 1024) {
       let key = "size-\(size)"
-      let length = min(size, itemSizeMax - 56 - key.utf8.count)
+      let length = min(size, itemSizeMax - 64 - key.utf8.count)  // the item header
       let data = value(size, length: length)
       #expect(try store.set(key, value: data) == .stored, "\(size) bytes")
       #expect(store.get(key)?.value == data)

@@ -18,7 +18,7 @@ environment it was given (changed as the actions say):
                       blob and the record are untouched
   close-fds           closes every fd the handover named (KHO_FDS)
 
-The store layout below is Sources/KHOCacheStore/Layout.swift's (format 1).
+The store layout below is Sources/KHOCacheStore/Layout.swift's (format 2).
 """
 import os
 import random
@@ -34,7 +34,8 @@ HEADER = dict(bucket_count=40, hash_offset=48, page_table_offset=56, slab_offset
 CLASS_ENTRY = dict(chunk_size=0, per_page=8, free_head=16, free_count=24, lru_head=32,
                    lru_tail=40, item_count=48, page_count=56, size=64)
 ITEM = dict(hash_next=0, lru_prev=8, lru_next=16, cas=24, exptime=32, time=36, flags=40,
-            value_length=44, hash=48, key_length=52, class_id=53, item_flags=54, header=56)
+            value_length=44, hash=48, key_length=52, class_id=53, item_flags=54, checksum=56,
+            header=64)
 
 
 def u64(buf, off):
@@ -122,12 +123,16 @@ class Region:
         return [(at + i * 8, u64(raw, i * 8)) for i in range(count)]
 
     def items(self, limit=100000):
-        """Live items reachable from the hash index (the chains are sound
-        before this process damages them)."""
-        out = []
+        """Items reachable from the hash index. Earlier damage the store has
+        not walked into yet may still be there: offsets outside the slab
+        area, misaligned ones and loops end a chain."""
+        out, seen = [], set()
+        slab = self.h("slab_offset")
         for _, head in self.buckets():
             item = head
-            while item and len(out) < limit:
+            while (item and len(out) < limit and item not in seen and item % 8 == 0
+                   and slab <= item <= self.size - ITEM["header"]):
+                seen.add(item)
                 out.append(item)
                 item = self.r64(item + ITEM["hash_next"])
         return out

@@ -91,7 +91,8 @@ struct ServiceState {
     loaded = try files.flag(ControlFiles.Path.kexecLoaded)
     image = try files.image()
     mode = try files.text(ControlFiles.Path.kexecMode)
-    bootKind = files.size(ControlFiles.Path.boot) != nil ? try files.text(ControlFiles.Path.boot) : nil
+    bootKind =
+      files.size(ControlFiles.Path.boot) != nil ? try files.text(ControlFiles.Path.boot) : nil
     if files.size(ControlFiles.Path.preservationRanges) != nil {
       statelessRanges = try files.text(ControlFiles.Path.preservationRanges).split(separator: "\n")
         .compactMap { line in
@@ -113,7 +114,8 @@ struct ServiceState {
     var out = row("mount", mount)
     let boot: String
     if bootKind == "crash" {
-      boot = "after a crash (the previous image died; its arena was kept, its stateless description adopted)"
+      boot =
+        "after a crash (the previous image died; its arena was kept, its stateless description adopted)"
     } else if khoBoot {
       boot =
         "KHO (handed over; incoming blob of \(incomingSize.map(humanBytes) ?? "?") in firmware/kho/dt)"
@@ -134,7 +136,8 @@ struct ServiceState {
     if let statelessRanges, let statelessBytes {
       out += row(
         "stateless",
-        "\(Service.hexBytes(statelessBytes)) in \(statelessRanges.count) range(s), kept even across a crash")
+        "\(Service.hexBytes(statelessBytes)) in \(statelessRanges.count) range(s), kept even across a crash"
+      )
     }
     out += row("loaded", loaded ? "yes" : "no")
     if let image { out += row("image", Service.shellQuoted(image)) }
