@@ -110,15 +110,19 @@ public final class CacheStore: @unchecked Sendable {
   /// its class's lists are rebuilt from the class's pages), is counted in
   /// the `damaged` stat, and is reported to `damageHandler`. No damage can
   /// crash the store, hang it, or make it return bytes that were not stored
-  /// under the key asked for (bytes changed in place inside a value cannot
-  /// be told from the value: the format has no per-item checksum).
+  /// under the key asked for (every item's checksum is checked before its
+  /// bytes are served).
+  ///
+  /// A store found unfrozen while `requireFrozen` is false is taken to be
+  /// left by a crash: its allocator, LRUs and counters are rebuilt from the
+  /// page table and the chunks first (O(chunks), see `recoverAfterCrash`).
   ///
   /// - Parameters:
   ///   - region: the same bytes `format` was given, mapped anywhere.
   ///   - clock: where time comes from; the cache clock resumes from the
   ///     value the previous owner recorded.
   ///   - requireFrozen: refuse a store its previous owner did not freeze
-  ///     (true by default: only a frozen store is known to be consistent).
+  ///     (true by default, after a handover); false after a crash.
   ///   - damageHandler: told, with the store lock held, what damage was
   ///     found and cut away (a sentence for a log; it must not call back
   ///     into the store). nil: only counted.
@@ -130,6 +134,15 @@ public final class CacheStore: @unchecked Sendable {
     guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
     let memory = RegionMemory(base: region.base, size: region.size)
     let geometry = try Geometry.read(from: memory)
+    let crashed = !requireFrozen && memory.u32(Header.state) == Header.stateLive
+    if crashed {
+      // Nobody froze it: rebuild what a mutation cut short may have left
+      // half done, before the checks that expect it whole.
+      StoreCore(
+        memory: memory, geometry: geometry,
+        clock: CacheClock(source: clock, resumingAtNanoseconds: 0), damageHandler: damageHandler
+      ).recoverAfterCrash()
+    }
     try checkDynamicState(
       memory, geometry, requireFrozen: requireFrozen, wallSeconds: clock.wallSeconds())
     memory.setU32(Header.state, Header.stateLive)

@@ -146,7 +146,11 @@ extension StoreCore {
   /// match, or the chain will loop). `excluded`, the item the caller is
   /// moving, and an item being built are left out of both lists; the LRU
   /// item count includes neither. O(chunks of the class), on damage only.
-  func rebuildClass(_ classId: Int, excluding excluded: Int) {
+  ///
+  /// `reachable`, when given, decides which sound chunks are items: after
+  /// a crash, only those a hash chain reaches (the others were leaving
+  /// their chain, or never reached it, when the owner died).
+  func rebuildClass(_ classId: Int, excluding excluded: Int, reachable: ((Int) -> Bool)? = nil) {
     let entry = geometry.classEntry(classId)
     for field in [
       ClassField.freeHead, ClassField.freeCount, ClassField.lruHead, ClassField.lruTail,
@@ -162,7 +166,7 @@ extension StoreCore {
       for index in stride(from: geometry.pageSize / chunkSize - 1, through: 0, by: -1) {
         let chunk = start + index * chunkSize
         if chunk == excluded || chunk == building { continue }
-        guard itemClass(chunk) == classId else {
+        guard itemClass(chunk) == classId, reachable?(chunk) ?? true else {
           free(chunk, classId)
           continue
         }
