@@ -15,8 +15,24 @@ import NIOCore
 /// (KHO ABORT) the command completes; if the process execs, the connection
 /// closes and the client retries on the next image; only after
 /// `frozenWaitLimit` is it answered "SERVER_ERROR frozen for handover".
-public final class MemcacheHandler: ChannelInboundHandler {
+/// The limit is per pipeline, not per command: once it has expired, the
+/// commands already buffered behind the one that waited are answered at
+/// once (mutations with the error, reads normally), and a new wait starts
+/// only for a command that arrives after the connection had consumed all
+/// its input (the client sent it after the earlier replies), or once a
+/// command has found the store thawed.
+///
+/// Nothing a client sends or fails to read grows the server without bound:
+/// a line without a newline is cut off at memcached's limits, a data block
+/// is at most one item (a bigger one is swallowed, not kept), and replies
+/// are back-pressured: whenever `outputFlushThreshold` bytes have gathered
+/// they are handed to the channel, and while the channel holds more than
+/// `pendingOutputLimit` unsent bytes (it is not writable), the connection
+/// runs no command (a multi-get pauses between keys) and does not read,
+/// until `channelWritabilityChanged` says the client has caught up.
+public final class MemcacheHandler: ChannelDuplexHandler {
   public typealias InboundIn = ByteBuffer
+  public typealias OutboundIn = ByteBuffer
   public typealias OutboundOut = ByteBuffer
 
   let shared: CacheServerContext
@@ -33,6 +49,16 @@ public final class MemcacheHandler: ChannelInboundHandler {
   var frozenSince: NIODeadline?
   var closing = false
   var admitted = false
+  /// The channel holds more unsent replies than `pendingOutputLimit`:
+  /// run nothing until it is writable again.
+  var waitingForWritability = false
+  /// A read the channel asked for while the connection could not make
+  /// progress (parked or waiting for writability), issued on resuming.
+  var readDeferred = false
+  /// The key (token index) at which the get line at the head of `input`
+  /// continues: a multi-get whose reply outgrew the output buffer, or met
+  /// a frozen store (gat), resumes there instead of starting again.
+  var retrieveResumeIndex: Int?
   /// The connection's event loop: its `now` is the clock of the freeze
   /// wait (so that tests on an embedded loop can move it).
   var eventLoop: (any EventLoop)?
@@ -79,6 +105,10 @@ public final class MemcacheHandler: ChannelInboundHandler {
     shared.bytesRead.wrappingAdd(buffer.readableBytes, ordering: .relaxed)
     guard !closing else { return }
     if input == nil || input!.readableBytes == 0 {
+      // Nothing was buffered (so nothing is parked): these commands were
+      // sent after the earlier ones were consumed, and get their own
+      // freeze wait.
+      frozenSince = nil
       input = buffer
     } else {
       input!.writeBuffer(&buffer)
@@ -91,6 +121,25 @@ public final class MemcacheHandler: ChannelInboundHandler {
     context.fireChannelReadComplete()
   }
 
+  public func channelWritabilityChanged(context: ChannelHandlerContext) {
+    if waitingForWritability && context.channel.isWritable {
+      waitingForWritability = false
+      resume(context)
+    }
+    context.fireChannelWritabilityChanged()
+  }
+
+  /// Reads only while the connection makes progress: a parked connection,
+  /// or one whose client does not take its replies, leaves further input
+  /// in the socket (and so back-pressures its client through TCP).
+  public func read(context: ChannelHandlerContext) {
+    if parked || waitingForWritability {
+      readDeferred = true
+      return
+    }
+    context.read()
+  }
+
   public func errorCaught(context: ChannelHandlerContext, error: Error) {
     closing = true
     context.close(promise: nil)
@@ -101,16 +150,31 @@ public final class MemcacheHandler: ChannelInboundHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing, let readable = input?.readableBytes, readable > 0 {
+    while !parked && !closing && !waitingForWritability,
+      let readable = input?.readableBytes, readable > 0
+    {
       if swallow > 0 {
         let count = min(swallow, readable)
         input!.moveReaderIndex(forwardBy: count)
         swallow -= count
         continue
       }
+      if output.readableBytes >= shared.configuration.outputFlushThreshold {
+        flushOutput(context)
+      }
+      guard context.channel.isWritable else {
+        // The client is not taking its replies: stop until it does.
+        waitingForWritability = true
+        break
+      }
       let outcome = pending != nil ? completeStore() : nextLine()
       switch outcome {
-      case .done: frozenSince = nil
+      case .done:
+        // The freeze is over: a later freeze gets a full wait again.
+        if !store.isFrozen { frozenSince = nil }
+      case .outputFull:
+        // The loop flushes, then goes on or waits for writability.
+        continue
       case .needMoreInput:
         compactInput()
         return
@@ -124,6 +188,18 @@ public final class MemcacheHandler: ChannelInboundHandler {
     if closing { flushOutput(context) }
   }
 
+  /// Runs what was held back (by a freeze or by unsent replies), writes
+  /// the replies, and reads again if a read was held back too.
+  private func resume(_ context: ChannelHandlerContext) {
+    guard !closing else { return }
+    processInput(context)
+    flushOutput(context)
+    if readDeferred && !parked && !waitingForWritability && !closing {
+      readDeferred = false
+      context.read()
+    }
+  }
+
   /// Reads one line and runs it.
   private func nextLine() -> Outcome {
     let buffer = input!
@@ -133,10 +209,17 @@ public final class MemcacheHandler: ChannelInboundHandler {
     guard let newline else { return lineTooLong(buffer) ? .close : .needMoreInput }
     let outcome = buffer.withUnsafeReadableBytes { bytes -> Outcome in
       // memcached strips one "\r" before the "\n", unless it is the whole line.
-      let end = newline > 1 && bytes[newline - 1] == UInt8(ascii: "\r") ? newline - 1 : newline
+      var end = newline > 1 && bytes[newline - 1] == UInt8(ascii: "\r") ? newline - 1 : newline
+      // memcached tokenizes the line as a C string: it ends at a NUL byte
+      // ("get a\0b" is "get a"; "set a\0b 0 0 1" is "set a", an ERROR).
+      if let nul = bytes.slice(0..<end).firstIndex(of: 0) { end = nul }
       return execute(line: bytes.slice(0..<end))
     }
-    if outcome != .frozen { input!.moveReaderIndex(forwardBy: newline + 1) }
+    // A command that will run again later keeps its line.
+    if outcome != .frozen && outcome != .outputFull {
+      input!.moveReaderIndex(forwardBy: newline + 1)
+      retrieveResumeIndex = nil
+    }
     return outcome
   }
 
@@ -172,9 +255,7 @@ public final class MemcacheHandler: ChannelInboundHandler {
     flushOutput(context)
     context.eventLoop.assumeIsolated().scheduleTask(in: shared.configuration.frozenRetryInterval) {
       self.parked = false
-      guard !self.closing else { return }
-      self.processInput(context)
-      self.flushOutput(context)
+      self.resume(context)
     }
   }
 
@@ -187,8 +268,11 @@ public final class MemcacheHandler: ChannelInboundHandler {
 
   // MARK: Output
 
+  /// Hands the gathered replies to the channel. While a refused data block
+  /// is being swallowed they are held, as memcached holds them, so that
+  /// the reply to a too-large set comes after its data, not before.
   func flushOutput(_ context: ChannelHandlerContext) {
-    if output.readableBytes > 0 {
+    if output.readableBytes > 0 && (swallow == 0 || closing) {
       shared.bytesWritten.wrappingAdd(output.readableBytes, ordering: .relaxed)
       let chunk = output
       output = context.channel.allocator.buffer(capacity: 1024)
@@ -208,6 +292,9 @@ enum Outcome: Equatable {
   case needMoreInput
   /// Met a frozen store: keep it, retry later.
   case frozen
+  /// Its reply so far fills the output buffer: keep the line (a get goes
+  /// on from `retrieveResumeIndex`), flush, and go on when writable.
+  case outputFull
   /// The connection must close after what is already written.
   case close
 }

@@ -22,6 +22,17 @@ public struct CacheServerConfiguration: Sendable {
   public var frozenWaitLimit: TimeAmount = .seconds(5)
   /// How often a parked mutation retries while the store is frozen.
   public var frozenRetryInterval: TimeAmount = .milliseconds(1)
+  /// Replies a connection may have queued (in its own buffer and in the
+  /// channel, not yet taken by the socket) before it stops running
+  /// commands and reading: the channel's high write watermark. A client
+  /// that does not read its replies holds at most this much, plus one
+  /// value, of the server's memory (memcached's bound is similar: it
+  /// stops processing while a connection's replies are unsent).
+  public var pendingOutputLimit: Int = 4 << 20
+  /// Replies are handed to the channel (and written) whenever this many
+  /// bytes have gathered, not only at the end of a read, so that a long
+  /// pipeline is answered as it runs and its memory is bounded.
+  public var outputFlushThreshold: Int = 256 << 10
 
   /// The defaults above (memcached's).
   public init() {}
