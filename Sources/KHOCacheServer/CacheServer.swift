@@ -14,7 +14,7 @@ public enum CacheServer {
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .serverChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.addHandler(acceptBackoffHandler())
+          try channel.pipeline.syncOperations.addHandler(AcceptOverloadHandler(context: context))
         }
       }
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -34,26 +34,4 @@ public enum CacheServer {
         }
       }
   }
-
-  /// How long accepting pauses after accept(2) fails. NIO's
-  /// ServerSocketChannel treats EMFILE, ENFILE, ENOBUFS, ENOMEM and
-  /// ECONNABORTED as recoverable: it reports them and, with auto-read,
-  /// accepts again at once, so without a back-off a process out of file
-  /// descriptors spins on a listener that stays readable. NIO installs
-  /// `AcceptBackoffHandler` itself only on its async (NIOAsyncChannel)
-  /// bind path, not for `bind(host:port:)`/`withBoundSocket(_:)`.
-  static let acceptBackoff: TimeAmount = .milliseconds(20)
-
-  static func acceptBackoffHandler() -> AcceptBackoffHandler {
-    AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
-      // ECONNABORTED is one client that gave up: accept the next at once.
-      error.errnoCode == ECONNABORTED ? nil : acceptBackoff
-    }
-  }
 }
-
-#if canImport(Glibc)
-  import Glibc
-#elseif canImport(Musl)
-  import Musl
-#endif

@@ -80,7 +80,9 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   public func channelActive(context: ChannelHandlerContext) {
     output = context.channel.allocator.buffer(capacity: 1024)
-    admitted = shared.admit()
+    // Accepted into the reserve descriptor (the process is out of them),
+    // or past -c: refused either way.
+    admitted = !shared.takeOwedRefusal() && shared.admit()
     if !admitted {
       // memcached's reply when -c is reached.
       output.writeStaticString("ERROR Too many open connections\r\n")
@@ -96,6 +98,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       shared.release()
       admitted = false
     }
+    // A descriptor is free now: keep one in reserve if it was given up.
+    shared.acquireReserveDescriptor()
     closing = true
     context.fireChannelInactive()
   }

@@ -51,6 +51,12 @@ public final class CacheServerContext: Sendable {
   let bytesRead = Atomic<Int>(0)
   let bytesWritten = Atomic<Int>(0)
   let startedAt: Int64
+  /// A descriptor (on /dev/null) held in reserve for accept(2) failing with
+  /// EMFILE: see `AcceptOverloadHandler`. -1 while given up.
+  let reserveDescriptor = Atomic<Int32>(-1)
+  /// Connections accepted into a freed reserve descriptor that are still
+  /// to be told "ERROR Too many open connections".
+  let refusalsOwed = Atomic<Int>(0)
 
   /// A context for `store` with `configuration`.
   public init(store: CacheStore, configuration: CacheServerConfiguration = .init()) {
@@ -78,6 +84,41 @@ public final class CacheServerContext: Sendable {
   }
 
   func release() { currConnections.wrappingSubtract(1, ordering: .relaxed) }
+
+  /// Opens the reserve descriptor unless it is held (cheap when it is).
+  func acquireReserveDescriptor() {
+    guard reserveDescriptor.load(ordering: .relaxed) < 0 else { return }
+    let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }  // still out of descriptors: next time
+    if !reserveDescriptor.compareExchange(expected: -1, desired: fd, ordering: .relaxed).exchanged {
+      close(fd)
+    }
+  }
+
+  /// Closes the reserve descriptor, if held, and owes the next accepted
+  /// connection a refusal; false if there was none to give.
+  func releaseReserveDescriptorForRefusal() -> Bool {
+    let fd = reserveDescriptor.exchange(-1, ordering: .relaxed)
+    guard fd >= 0 else { return false }
+    close(fd)
+    refusalsOwed.wrappingAdd(1, ordering: .relaxed)
+    return true
+  }
+
+  /// Whether this new connection pays a refusal owed (see above).
+  func takeOwedRefusal() -> Bool {
+    var owed = refusalsOwed.load(ordering: .relaxed)
+    while owed > 0 {
+      let (exchanged, current) = refusalsOwed.compareExchange(
+        expected: owed, desired: owed - 1, ordering: .relaxed)
+      if exchanged {
+        rejectedConnections.wrappingAdd(1, ordering: .relaxed)
+        return true
+      }
+      owed = current
+    }
+    return false
+  }
 
   /// The lines of `stats`, in memcached's order, each "STAT name value".
   func statsLines() -> [(String, String)] {
