@@ -15,7 +15,7 @@ enum ResourceLimits {
   /// connections that are accepted, answered and closed (each holds a
   /// descriptor for a moment); plus, per event loop, its epoll, eventfd
   /// and timerfd.
-  static func descriptorHeadroom(threads: Int) -> Int { 64 + 3 * threads }
+  static func descriptorHeadroom(threads: Int) -> Int { 32 + 3 * threads }
 
   /// Raises RLIMIT_NOFILE's soft limit to fit `maxConnections` connections
   /// and the headroom, as far as the hard limit allows, and returns the
