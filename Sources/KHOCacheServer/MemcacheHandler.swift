@@ -49,9 +49,15 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   var frozenSince: NIODeadline?
   var closing = false
   var admitted = false
-  /// The channel holds more unsent replies than `pendingOutputLimit`:
-  /// run nothing until it is writable again.
+  /// The channel holds more unsent replies than `pendingOutputLimit`, or
+  /// all connections together more than `pendingOutputBudget` and this one
+  /// some: run nothing until that is no longer so.
   var waitingForWritability = false
+  /// Reply bytes handed to the channel and not yet taken by the socket.
+  var unsentBytes = 0
+  /// A `resume` is queued on the event loop (resuming is never done from
+  /// inside a write, which would nest one pipeline run in another).
+  var resumeScheduled = false
   /// A read the channel asked for while the connection could not make
   /// progress (parked or waiting for writability), issued on resuming.
   var readDeferred = false
@@ -126,10 +132,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   }
 
   public func channelWritabilityChanged(context: ChannelHandlerContext) {
-    if waitingForWritability && context.channel.isWritable {
-      waitingForWritability = false
-      resume(context)
-    }
+    resumeIfRepliesFit(context)
     context.fireChannelWritabilityChanged()
   }
 
@@ -166,7 +169,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       if output.readableBytes >= shared.configuration.outputFlushThreshold {
         flushOutput(context)
       }
-      guard context.channel.isWritable else {
+      guard repliesFit(context) else {
         // The client is not taking its replies: stop until it does.
         waitingForWritability = true
         break
@@ -190,6 +193,32 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     }
     compactInput()
     if closing { flushOutput(context) }
+  }
+
+  /// Whether more replies may be queued: the channel is writable (this
+  /// connection holds less than `pendingOutputLimit` unsent), and, while
+  /// all connections together hold more than `pendingOutputBudget`, this
+  /// one has nothing in flight. So a client that reads goes on (more
+  /// slowly) and one that does not holds at most one flush of replies.
+  func repliesFit(_ context: ChannelHandlerContext) -> Bool {
+    guard context.channel.isWritable else { return false }
+    return unsentBytes == 0
+      || shared.unsentReplyBytes.load(ordering: .relaxed)
+        <= shared.configuration.pendingOutputBudget
+  }
+
+  /// Resumes a connection that waited for its replies to drain, once they
+  /// fit, from the event loop rather than from inside a write or a
+  /// writability change (which may come from inside our own flush).
+  private func resumeIfRepliesFit(_ context: ChannelHandlerContext) {
+    guard waitingForWritability && !resumeScheduled && repliesFit(context) else { return }
+    resumeScheduled = true
+    context.eventLoop.assumeIsolated().execute {
+      self.resumeScheduled = false
+      guard self.waitingForWritability && self.repliesFit(context) else { return }
+      self.waitingForWritability = false
+      self.resume(context)
+    }
   }
 
   /// Runs what was held back (by a freeze or by unsent replies), writes
@@ -277,10 +306,20 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// the reply to a too-large set comes after its data, not before.
   func flushOutput(_ context: ChannelHandlerContext) {
     if output.readableBytes > 0 && (swallow == 0 || closing) {
-      shared.bytesWritten.wrappingAdd(output.readableBytes, ordering: .relaxed)
+      let count = output.readableBytes
+      shared.bytesWritten.wrappingAdd(count, ordering: .relaxed)
       let chunk = output
       output = context.channel.allocator.buffer(capacity: 1024)
-      context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+      unsentBytes += count
+      shared.unsentReplyBytes.wrappingAdd(count, ordering: .relaxed)
+      let written = context.eventLoop.makePromise(of: Void.self)
+      // Written, or failed at close: no longer held either way.
+      written.futureResult.assumeIsolated().whenComplete { _ in
+        self.unsentBytes -= count
+        self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
+        self.resumeIfRepliesFit(context)
+      }
+      context.writeAndFlush(wrapOutboundOut(chunk), promise: written)
     }
     if closing {
       context.close(promise: nil)

@@ -29,6 +29,12 @@ public struct CacheServerConfiguration: Sendable {
   /// value, of the server's memory (memcached's bound is similar: it
   /// stops processing while a connection's replies are unsent).
   public var pendingOutputLimit: Int = 4 << 20
+  /// Unsent replies all connections together may hold before those that
+  /// have some in flight wait for them to drain (see
+  /// `MemcacheHandler.repliesFit`): what bounds the server when many
+  /// clients do not read, each then holding about one flush (at most
+  /// `outputFlushThreshold` plus one value) instead of `pendingOutputLimit`.
+  public var pendingOutputBudget: Int = 64 << 20
   /// Replies are handed to the channel (and written) whenever this many
   /// bytes have gathered, not only at the end of a read, so that a long
   /// pipeline is answered as it runs and its memory is bounded.
@@ -50,6 +56,8 @@ public final class CacheServerContext: Sendable {
   let rejectedConnections = Atomic<Int>(0)
   let bytesRead = Atomic<Int>(0)
   let bytesWritten = Atomic<Int>(0)
+  /// Reply bytes handed to the connections' channels, not yet written.
+  let unsentReplyBytes = Atomic<Int>(0)
   let startedAt: Int64
   /// A descriptor (on /dev/null) held in reserve for accept(2) failing with
   /// EMFILE: see `AcceptOverloadHandler`. -1 while given up.

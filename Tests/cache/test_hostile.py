@@ -235,6 +235,38 @@ def pipelined_gets_of_a_big_value_never_read():
 
 
 @test
+def fifty_clients_that_never_read():
+    # Each connection may hold 4 MiB unsent; together they are held to a
+    # 64 MiB budget, past which each non-reader keeps about one flush
+    # (256 KiB plus one value): 64 + 50 x 1.3 MB, with slack.
+    server = Server()
+    try:
+        store_big_value(server)
+        idle = server.rss()
+        hostile = []
+        for _ in range(50):
+            s = server.connect()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            send_in_background(s, b"get big\r\n" * 2000)
+            hostile.append(s)
+        settled(lambda: server.stat("bytes_written"))
+        grown = server.rss() - idle
+        print(f"     50 clients that never read: RSS +{grown / MB:.1f} MB")
+        assert server.alive() and grown < 200 * MB, f"RSS grew by {grown / MB:.1f} MB"
+        assert server.roundtrip(), "a fresh client was not served"
+        # A client that reads still gets a 1 MB value while they wait.
+        s = server.connect()
+        s.sendall(b"get big\r\n")
+        reply = read_exactly(s, len(b"VALUE big 0 1000000\r\n") + 1_000_000 + 7)
+        assert reply.endswith(b"\r\nEND\r\n"), reply[-20:]
+        s.close()
+        for s in hostile:
+            s.close()
+    finally:
+        server.stop()
+
+
+@test
 def multi_get_lines_of_a_big_value_never_read():
     server = Server()
     try:
