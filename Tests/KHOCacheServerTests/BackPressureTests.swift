@@ -42,6 +42,8 @@ import Testing
   func setWritable(_ writable: Bool) {
     channel.isWritable = writable
     channel.pipeline.fireChannelWritabilityChanged()
+    // The connection resumes from the event loop, not from inside the event.
+    (channel.eventLoop as! EmbeddedEventLoop).run()
   }
 
   @Test func pausesBetweenKeysAndResumes() throws {
