@@ -5,8 +5,9 @@ import NIOCore
 ///
 /// Bytes are accumulated until a full line (or a full data block) is there,
 /// so partial reads and several commands in one read (pipelining) both work;
-/// replies of one read are written with one flush. The event loop only ever
-/// waits for the store's short lock.
+/// replies of one read are written with one flush (or one every
+/// `outputFlushThreshold` bytes). The event loop only ever waits for the
+/// store's short lock.
 ///
 /// While the store is frozen for a handover, a mutating command is not
 /// answered with an error at once: the connection parks (stops consuming
@@ -29,7 +30,9 @@ import NIOCore
 /// they are handed to the channel, and while the channel holds more than
 /// `pendingOutputLimit` unsent bytes (it is not writable), the connection
 /// runs no command (a multi-get pauses between keys) and does not read,
-/// until `channelWritabilityChanged` says the client has caught up.
+/// until `channelWritabilityChanged` says the client has caught up. All
+/// connections together are held to `pendingOutputBudget`: past it, one
+/// with replies in flight waits until they are written (`repliesFit`).
 public final class MemcacheHandler: ChannelDuplexHandler {
   public typealias InboundIn = ByteBuffer
   public typealias OutboundIn = ByteBuffer
@@ -52,7 +55,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// The channel holds more unsent replies than `pendingOutputLimit`, or
   /// all connections together more than `pendingOutputBudget` and this one
   /// some: run nothing until that is no longer so.
-  var waitingForWritability = false
+  var waitingForRepliesToDrain = false
   /// Reply bytes handed to the channel and not yet taken by the socket.
   var unsentBytes = 0
   /// A `resume` is queued on the event loop (resuming is never done from
@@ -140,7 +143,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// or one whose client does not take its replies, leaves further input
   /// in the socket (and so back-pressures its client through TCP).
   public func read(context: ChannelHandlerContext) {
-    if parked || waitingForWritability {
+    if parked || waitingForRepliesToDrain {
       readDeferred = true
       return
     }
@@ -157,7 +160,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing && !waitingForWritability,
+    while !parked && !closing && !waitingForRepliesToDrain,
       let readable = input?.readableBytes, readable > 0
     {
       if swallow > 0 {
@@ -171,7 +174,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       }
       guard repliesFit(context) else {
         // The client is not taking its replies: stop until it does.
-        waitingForWritability = true
+        waitingForRepliesToDrain = true
         break
       }
       let outcome = pending != nil ? completeStore() : nextLine()
@@ -211,12 +214,12 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// fit, from the event loop rather than from inside a write or a
   /// writability change (which may come from inside our own flush).
   private func resumeIfRepliesFit(_ context: ChannelHandlerContext) {
-    guard waitingForWritability && !resumeScheduled && repliesFit(context) else { return }
+    guard waitingForRepliesToDrain && !resumeScheduled && repliesFit(context) else { return }
     resumeScheduled = true
     context.eventLoop.assumeIsolated().execute {
       self.resumeScheduled = false
-      guard self.waitingForWritability && self.repliesFit(context) else { return }
-      self.waitingForWritability = false
+      guard self.waitingForRepliesToDrain && self.repliesFit(context) else { return }
+      self.waitingForRepliesToDrain = false
       self.resume(context)
     }
   }
@@ -227,7 +230,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     guard !closing else { return }
     processInput(context)
     flushOutput(context)
-    if readDeferred && !parked && !waitingForWritability && !closing {
+    if readDeferred && !parked && !waitingForRepliesToDrain && !closing {
       readDeferred = false
       context.read()
     }
