@@ -12,8 +12,22 @@ public enum CacheServer {
     ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 1024)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .serverChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(AcceptOverloadHandler(context: context))
+        }
+      }
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
       .childChannelOption(.maxMessagesPerRead, value: 16)
+      // Back-pressure on replies: past the high mark the channel is not
+      // writable and `MemcacheHandler` stops running commands and reading
+      // until the client has taken its replies down to the low mark.
+      .childChannelOption(
+        .writeBufferWaterMark,
+        value: .init(
+          low: context.configuration.pendingOutputLimit / 2,
+          high: context.configuration.pendingOutputLimit)
+      )
       .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))

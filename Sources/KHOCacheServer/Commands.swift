@@ -53,8 +53,9 @@ extension MemcacheHandler {
     default:
       outcome = executeOther(command, line, tokens)
     }
-    // A command that will run again later must leave no partial reply.
-    if outcome == .frozen { output.moveWriterIndex(to: start) }
+    // A command that will run again later must leave no partial reply
+    // (a get resuming at a later key keeps the values it has written).
+    if outcome == .frozen && retrieveResumeIndex == nil { output.moveWriterIndex(to: start) }
     return outcome
   }
 
@@ -123,16 +124,25 @@ extension MemcacheHandler {
       first = 2
     }
     let start = output.writerIndex
-    for index in first..<tokens.count {
+    let resumeAt = retrieveResumeIndex ?? first
+    for index in resumeAt..<tokens.count {
       let key = line.slice(tokens[index])
       guard key.count <= CacheLimits.maxKeyLength else {
-        // memcached drops the values already gathered and answers only this.
+        // memcached drops the values already gathered and answers only this
+        // (values already sent, when back-pressure split the reply, stay sent).
         output.moveWriterIndex(to: start)
         return reply("CLIENT_ERROR bad command line format")
+      }
+      if index > resumeAt && output.readableBytes >= shared.configuration.outputFlushThreshold {
+        // Bound the reply in memory: flush it, go on from this key later.
+        retrieveResumeIndex = index
+        return .outputFull
       }
       do {
         try writeValue(key, cas: cas, touch: exptime)
       } catch {
+        // Keep the values of the keys before; retry from this one.
+        if index > first { retrieveResumeIndex = index }
         return frozen()
       }
     }
@@ -231,6 +241,11 @@ extension MemcacheHandler {
       let outcome = frozen()
       guard outcome == .done else { return outcome }
       text = ""
+    case .failure(.tooLarge) where command.mode.joinsOldValue,
+      .failure(.outOfMemory) where command.mode.joinsOldValue:
+      // memcached's do_store_item: when the joined item cannot be
+      // allocated (too large, or no memory), append/prepend is NOT_STORED.
+      text = "NOT_STORED"
     case .failure(.tooLarge): text = "SERVER_ERROR object too large for cache"
     case .failure(_): text = "SERVER_ERROR out of memory storing object"
     }
@@ -353,6 +368,16 @@ extension MemcacheHandler {
       return reply("RESET")
     }
     return reply("ERROR")
+  }
+}
+
+extension StoreMode {
+  /// append and prepend: the stored item is the old value joined with the new.
+  var joinsOldValue: Bool {
+    switch self {
+    case .append, .prepend: true
+    default: false
+    }
   }
 }
 

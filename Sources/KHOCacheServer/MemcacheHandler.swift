@@ -5,8 +5,9 @@ import NIOCore
 ///
 /// Bytes are accumulated until a full line (or a full data block) is there,
 /// so partial reads and several commands in one read (pipelining) both work;
-/// replies of one read are written with one flush. The event loop only ever
-/// waits for the store's short lock.
+/// replies of one read are written with one flush (or one every
+/// `outputFlushThreshold` bytes). The event loop only ever waits for the
+/// store's short lock.
 ///
 /// While the store is frozen for a handover, a mutating command is not
 /// answered with an error at once: the connection parks (stops consuming
@@ -15,8 +16,26 @@ import NIOCore
 /// (KHO ABORT) the command completes; if the process execs, the connection
 /// closes and the client retries on the next image; only after
 /// `frozenWaitLimit` is it answered "SERVER_ERROR frozen for handover".
-public final class MemcacheHandler: ChannelInboundHandler {
+/// The limit is per pipeline, not per command: once it has expired, the
+/// commands already buffered behind the one that waited are answered at
+/// once (mutations with the error, reads normally), and a new wait starts
+/// only for a command that arrives after the connection had consumed all
+/// its input (the client sent it after the earlier replies), or once a
+/// command has found the store thawed.
+///
+/// Nothing a client sends or fails to read grows the server without bound:
+/// a line without a newline is cut off at memcached's limits, a data block
+/// is at most one item (a bigger one is swallowed, not kept), and replies
+/// are back-pressured: whenever `outputFlushThreshold` bytes have gathered
+/// they are handed to the channel, and while the channel holds more than
+/// `pendingOutputLimit` unsent bytes (it is not writable), the connection
+/// runs no command (a multi-get pauses between keys) and does not read,
+/// until `channelWritabilityChanged` says the client has caught up. All
+/// connections together are held to `pendingOutputBudget`: past it, one
+/// with replies in flight waits until they are written (`repliesFit`).
+public final class MemcacheHandler: ChannelDuplexHandler {
   public typealias InboundIn = ByteBuffer
+  public typealias OutboundIn = ByteBuffer
   public typealias OutboundOut = ByteBuffer
 
   let shared: CacheServerContext
@@ -33,6 +52,22 @@ public final class MemcacheHandler: ChannelInboundHandler {
   var frozenSince: NIODeadline?
   var closing = false
   var admitted = false
+  /// The channel holds more unsent replies than `pendingOutputLimit`, or
+  /// all connections together more than `pendingOutputBudget` and this one
+  /// some: run nothing until that is no longer so.
+  var waitingForRepliesToDrain = false
+  /// Reply bytes handed to the channel and not yet taken by the socket.
+  var unsentBytes = 0
+  /// A `resume` is queued on the event loop (resuming is never done from
+  /// inside a write, which would nest one pipeline run in another).
+  var resumeScheduled = false
+  /// A read the channel asked for while the connection could not make
+  /// progress (parked or waiting for writability), issued on resuming.
+  var readDeferred = false
+  /// The key (token index) at which the get line at the head of `input`
+  /// continues: a multi-get whose reply outgrew the output buffer, or met
+  /// a frozen store (gat), resumes there instead of starting again.
+  var retrieveResumeIndex: Int?
   /// The connection's event loop: its `now` is the clock of the freeze
   /// wait (so that tests on an embedded loop can move it).
   var eventLoop: (any EventLoop)?
@@ -54,7 +89,9 @@ public final class MemcacheHandler: ChannelInboundHandler {
 
   public func channelActive(context: ChannelHandlerContext) {
     output = context.channel.allocator.buffer(capacity: 1024)
-    admitted = shared.admit()
+    // Accepted into the reserve descriptor (the process is out of them),
+    // or past -c: refused either way.
+    admitted = !shared.takeOwedRefusal() && shared.admit()
     if !admitted {
       // memcached's reply when -c is reached.
       output.writeStaticString("ERROR Too many open connections\r\n")
@@ -70,6 +107,8 @@ public final class MemcacheHandler: ChannelInboundHandler {
       shared.release()
       admitted = false
     }
+    // A descriptor is free now: keep one in reserve if it was given up.
+    shared.acquireReserveDescriptor()
     closing = true
     context.fireChannelInactive()
   }
@@ -79,6 +118,10 @@ public final class MemcacheHandler: ChannelInboundHandler {
     shared.bytesRead.wrappingAdd(buffer.readableBytes, ordering: .relaxed)
     guard !closing else { return }
     if input == nil || input!.readableBytes == 0 {
+      // Nothing was buffered (so nothing is parked): these commands were
+      // sent after the earlier ones were consumed, and get their own
+      // freeze wait.
+      frozenSince = nil
       input = buffer
     } else {
       input!.writeBuffer(&buffer)
@@ -91,6 +134,22 @@ public final class MemcacheHandler: ChannelInboundHandler {
     context.fireChannelReadComplete()
   }
 
+  public func channelWritabilityChanged(context: ChannelHandlerContext) {
+    resumeIfRepliesFit(context)
+    context.fireChannelWritabilityChanged()
+  }
+
+  /// Reads only while the connection makes progress: a parked connection,
+  /// or one whose client does not take its replies, leaves further input
+  /// in the socket (and so back-pressures its client through TCP).
+  public func read(context: ChannelHandlerContext) {
+    if parked || waitingForRepliesToDrain {
+      readDeferred = true
+      return
+    }
+    context.read()
+  }
+
   public func errorCaught(context: ChannelHandlerContext, error: Error) {
     closing = true
     context.close(promise: nil)
@@ -101,16 +160,31 @@ public final class MemcacheHandler: ChannelInboundHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing, let readable = input?.readableBytes, readable > 0 {
+    while !parked && !closing && !waitingForRepliesToDrain,
+      let readable = input?.readableBytes, readable > 0
+    {
       if swallow > 0 {
         let count = min(swallow, readable)
         input!.moveReaderIndex(forwardBy: count)
         swallow -= count
         continue
       }
+      if output.readableBytes >= shared.configuration.outputFlushThreshold {
+        flushOutput(context)
+      }
+      guard repliesFit(context) else {
+        // The client is not taking its replies: stop until it does.
+        waitingForRepliesToDrain = true
+        break
+      }
       let outcome = pending != nil ? completeStore() : nextLine()
       switch outcome {
-      case .done: frozenSince = nil
+      case .done:
+        // The freeze is over: a later freeze gets a full wait again.
+        if !store.isFrozen { frozenSince = nil }
+      case .outputFull:
+        // The loop flushes, then goes on or waits for writability.
+        continue
       case .needMoreInput:
         compactInput()
         return
@@ -124,6 +198,44 @@ public final class MemcacheHandler: ChannelInboundHandler {
     if closing { flushOutput(context) }
   }
 
+  /// Whether more replies may be queued: the channel is writable (this
+  /// connection holds less than `pendingOutputLimit` unsent), and, while
+  /// all connections together hold more than `pendingOutputBudget`, this
+  /// one has nothing in flight. So a client that reads goes on (more
+  /// slowly) and one that does not holds at most one flush of replies.
+  func repliesFit(_ context: ChannelHandlerContext) -> Bool {
+    guard context.channel.isWritable else { return false }
+    return unsentBytes == 0
+      || shared.unsentReplyBytes.load(ordering: .relaxed)
+        <= shared.configuration.pendingOutputBudget
+  }
+
+  /// Resumes a connection that waited for its replies to drain, once they
+  /// fit, from the event loop rather than from inside a write or a
+  /// writability change (which may come from inside our own flush).
+  private func resumeIfRepliesFit(_ context: ChannelHandlerContext) {
+    guard waitingForRepliesToDrain && !resumeScheduled && repliesFit(context) else { return }
+    resumeScheduled = true
+    context.eventLoop.assumeIsolated().execute {
+      self.resumeScheduled = false
+      guard self.waitingForRepliesToDrain && self.repliesFit(context) else { return }
+      self.waitingForRepliesToDrain = false
+      self.resume(context)
+    }
+  }
+
+  /// Runs what was held back (by a freeze or by unsent replies), writes
+  /// the replies, and reads again if a read was held back too.
+  private func resume(_ context: ChannelHandlerContext) {
+    guard !closing else { return }
+    processInput(context)
+    flushOutput(context)
+    if readDeferred && !parked && !waitingForRepliesToDrain && !closing {
+      readDeferred = false
+      context.read()
+    }
+  }
+
   /// Reads one line and runs it.
   private func nextLine() -> Outcome {
     let buffer = input!
@@ -133,10 +245,17 @@ public final class MemcacheHandler: ChannelInboundHandler {
     guard let newline else { return lineTooLong(buffer) ? .close : .needMoreInput }
     let outcome = buffer.withUnsafeReadableBytes { bytes -> Outcome in
       // memcached strips one "\r" before the "\n", unless it is the whole line.
-      let end = newline > 1 && bytes[newline - 1] == UInt8(ascii: "\r") ? newline - 1 : newline
+      var end = newline > 1 && bytes[newline - 1] == UInt8(ascii: "\r") ? newline - 1 : newline
+      // memcached tokenizes the line as a C string: it ends at a NUL byte
+      // ("get a\0b" is "get a"; "set a\0b 0 0 1" is "set a", an ERROR).
+      if let nul = bytes.slice(0..<end).firstIndex(of: 0) { end = nul }
       return execute(line: bytes.slice(0..<end))
     }
-    if outcome != .frozen { input!.moveReaderIndex(forwardBy: newline + 1) }
+    // A command that will run again later keeps its line.
+    if outcome != .frozen && outcome != .outputFull {
+      input!.moveReaderIndex(forwardBy: newline + 1)
+      retrieveResumeIndex = nil
+    }
     return outcome
   }
 
@@ -172,9 +291,7 @@ public final class MemcacheHandler: ChannelInboundHandler {
     flushOutput(context)
     context.eventLoop.assumeIsolated().scheduleTask(in: shared.configuration.frozenRetryInterval) {
       self.parked = false
-      guard !self.closing else { return }
-      self.processInput(context)
-      self.flushOutput(context)
+      self.resume(context)
     }
   }
 
@@ -187,12 +304,25 @@ public final class MemcacheHandler: ChannelInboundHandler {
 
   // MARK: Output
 
+  /// Hands the gathered replies to the channel. While a refused data block
+  /// is being swallowed they are held, as memcached holds them, so that
+  /// the reply to a too-large set comes after its data, not before.
   func flushOutput(_ context: ChannelHandlerContext) {
-    if output.readableBytes > 0 {
-      shared.bytesWritten.wrappingAdd(output.readableBytes, ordering: .relaxed)
+    if output.readableBytes > 0 && (swallow == 0 || closing) {
+      let count = output.readableBytes
+      shared.bytesWritten.wrappingAdd(count, ordering: .relaxed)
       let chunk = output
       output = context.channel.allocator.buffer(capacity: 1024)
-      context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+      unsentBytes += count
+      shared.unsentReplyBytes.wrappingAdd(count, ordering: .relaxed)
+      let written = context.eventLoop.makePromise(of: Void.self)
+      // Written, or failed at close: no longer held either way.
+      written.futureResult.assumeIsolated().whenComplete { _ in
+        self.unsentBytes -= count
+        self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
+        self.resumeIfRepliesFit(context)
+      }
+      context.writeAndFlush(wrapOutboundOut(chunk), promise: written)
     }
     if closing {
       context.close(promise: nil)
@@ -208,6 +338,9 @@ enum Outcome: Equatable {
   case needMoreInput
   /// Met a frozen store: keep it, retry later.
   case frozen
+  /// Its reply so far fills the output buffer: keep the line (a get goes
+  /// on from `retrieveResumeIndex`), flush, and go on when writable.
+  case outputFull
   /// The connection must close after what is already written.
   case close
 }

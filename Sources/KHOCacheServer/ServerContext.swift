@@ -22,6 +22,23 @@ public struct CacheServerConfiguration: Sendable {
   public var frozenWaitLimit: TimeAmount = .seconds(5)
   /// How often a parked mutation retries while the store is frozen.
   public var frozenRetryInterval: TimeAmount = .milliseconds(1)
+  /// Replies a connection may have queued (in its own buffer and in the
+  /// channel, not yet taken by the socket) before it stops running
+  /// commands and reading: the channel's high write watermark. A client
+  /// that does not read its replies holds at most this much, plus one
+  /// value, of the server's memory (memcached's bound is similar: it
+  /// stops processing while a connection's replies are unsent).
+  public var pendingOutputLimit: Int = 4 << 20
+  /// Unsent replies all connections together may hold before those that
+  /// have some in flight wait for them to drain (see
+  /// `MemcacheHandler.repliesFit`): what bounds the server when many
+  /// clients do not read, each then holding about one flush (at most
+  /// `outputFlushThreshold` plus one value) instead of `pendingOutputLimit`.
+  public var pendingOutputBudget: Int = 64 << 20
+  /// Replies are handed to the channel (and written) whenever this many
+  /// bytes have gathered, not only at the end of a read, so that a long
+  /// pipeline is answered as it runs and its memory is bounded.
+  public var outputFlushThreshold: Int = 256 << 10
 
   /// The defaults above (memcached's).
   public init() {}
@@ -39,7 +56,15 @@ public final class CacheServerContext: Sendable {
   let rejectedConnections = Atomic<Int>(0)
   let bytesRead = Atomic<Int>(0)
   let bytesWritten = Atomic<Int>(0)
+  /// Reply bytes handed to the connections' channels, not yet written.
+  let unsentReplyBytes = Atomic<Int>(0)
   let startedAt: Int64
+  /// A descriptor (on /dev/null) held in reserve for accept(2) failing with
+  /// EMFILE: see `AcceptOverloadHandler`. -1 while given up.
+  let reserveDescriptor = Atomic<Int32>(-1)
+  /// Connections accepted into a freed reserve descriptor that are still
+  /// to be told "ERROR Too many open connections".
+  let refusalsOwed = Atomic<Int>(0)
 
   /// A context for `store` with `configuration`.
   public init(store: CacheStore, configuration: CacheServerConfiguration = .init()) {
@@ -67,6 +92,41 @@ public final class CacheServerContext: Sendable {
   }
 
   func release() { currConnections.wrappingSubtract(1, ordering: .relaxed) }
+
+  /// Opens the reserve descriptor unless it is held (cheap when it is).
+  func acquireReserveDescriptor() {
+    guard reserveDescriptor.load(ordering: .relaxed) < 0 else { return }
+    let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }  // still out of descriptors: next time
+    if !reserveDescriptor.compareExchange(expected: -1, desired: fd, ordering: .relaxed).exchanged {
+      close(fd)
+    }
+  }
+
+  /// Closes the reserve descriptor, if held, and owes the next accepted
+  /// connection a refusal; false if there was none to give.
+  func releaseReserveDescriptorForRefusal() -> Bool {
+    let fd = reserveDescriptor.exchange(-1, ordering: .relaxed)
+    guard fd >= 0 else { return false }
+    close(fd)
+    refusalsOwed.wrappingAdd(1, ordering: .relaxed)
+    return true
+  }
+
+  /// Whether this new connection pays a refusal owed (see above).
+  func takeOwedRefusal() -> Bool {
+    var owed = refusalsOwed.load(ordering: .relaxed)
+    while owed > 0 {
+      let (exchanged, current) = refusalsOwed.compareExchange(
+        expected: owed, desired: owed - 1, ordering: .relaxed)
+      if exchanged {
+        rejectedConnections.wrappingAdd(1, ordering: .relaxed)
+        return true
+      }
+      owed = current
+    }
+    return false
+  }
 
   /// The lines of `stats`, in memcached's order, each "STAT name value".
   func statsLines() -> [(String, String)] {

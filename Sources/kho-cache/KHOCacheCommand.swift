@@ -85,6 +85,11 @@ struct KHOCacheCommand: ParsableCommand {
       throw ValidationError("--max-item-size must be between 1k and 1g, got \(maxItemSize)")
     }
     guard memoryLimit > 0 else { throw ValidationError("--memory-limit must be positive") }
+    guard memoryLimit <= Self.memoryLimitMax else {
+      throw ValidationError(
+        "--memory-limit \(memoryLimit) is too large: at most \(Self.memoryLimitMax) megabytes (64 TiB)"
+      )
+    }
     guard threads > 0 else { throw ValidationError("--threads must be positive") }
     guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
     if let khoScratch, (try? KernelParsing.memparse(khoScratch)) == nil {
@@ -120,7 +125,8 @@ struct KHOCacheCommand: ParsableCommand {
     preserveAcrossCrash(store, runtime.kho, logger: logger)
 
     var configuration = CacheServerConfiguration()
-    configuration.maxConnections = maxConnections
+    configuration.maxConnections = ResourceLimits.fitOpenFileLimit(
+      maxConnections: maxConnections, threads: threads)
     configuration.threads = threads
     let context = CacheServerContext(store: store, configuration: configuration)
     let channel = try CacheServer.bootstrap(group: group, context: context)
@@ -142,6 +148,10 @@ struct KHOCacheCommand: ParsableCommand {
       })
     try channel.closeFuture.wait()
   }
+
+  /// The largest -m: its bytes, and the arena around them, must fit the
+  /// address space (47 bits of user space on x86-64) with room to spare.
+  static let memoryLimitMax = 64 << 20
 
   /// The path this process was started from: after the file is replaced by
   /// a new version, SIGHUP executes the new one.

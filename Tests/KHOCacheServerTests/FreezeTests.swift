@@ -60,4 +60,32 @@ import Testing
     let text = try received()
     #expect(text.hasPrefix("SERVER_ERROR frozen for handover\r\nVERSION "))
   }
+
+  /// A frozen store delays a pipeline by the wait limit once, not once per
+  /// mutation: three sets and a get are all answered just after one limit.
+  @Test func pipelinedMutationsWaitOnce() throws {
+    store.freeze()
+    try send("set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\nset c 0 0 1\r\nz\r\nget a\r\n")
+    let loop = channel.eventLoop as! EmbeddedEventLoop
+    // The limit is 1 s; a little more than that, in retry-sized steps.
+    for _ in 0..<1010 { loop.advanceTime(by: .milliseconds(1)) }
+    let error = "SERVER_ERROR frozen for handover\r\n"
+    #expect(try received() == error + error + error + "END\r\n")
+  }
+
+  /// A command sent after the connection had consumed all its input gets a
+  /// wait of its own; one that finds the store thawed resets the wait.
+  @Test func laterCommandsWaitAgain() throws {
+    store.freeze()
+    let loop = channel.eventLoop as! EmbeddedEventLoop
+    try send("delete a\r\n")
+    for _ in 0..<1010 { loop.advanceTime(by: .milliseconds(1)) }
+    #expect(try received() == "SERVER_ERROR frozen for handover\r\n")
+    try send("set a 0 0 1\r\nx\r\n")
+    loop.advanceTime(by: .milliseconds(10))
+    #expect(try received() == "")
+    store.unfreeze()
+    loop.advanceTime(by: .milliseconds(2))
+    #expect(try received() == "STORED\r\n")
+  }
 }

@@ -227,6 +227,13 @@ RAW = [
     (b"get  a   a\r\n", b"END\r\n"),
     (b"flush_all x\r\nflush_all 1 2 3\r\nflush_all noreply\r\nflush_all 0\r\n",
      b"CLIENT_ERROR invalid exptime argument\r\nERROR\r\nOK\r\n"),
+    # append/prepend past the item size limit: NOT_STORED, not SERVER_ERROR.
+    (b"set apx 0 0 600000\r\n" + b"x" * 600000 + b"\r\nappend apx 0 0 600000\r\n" + b"y" * 600000
+     + b"\r\nprepend apx 0 0 600000\r\n" + b"z" * 600000 + b"\r\nappend apx 0 0 1\r\n!\r\n",
+     b"STORED\r\nNOT_STORED\r\nNOT_STORED\r\nSTORED\r\n"),
+    # A NUL byte ends the line (memcached tokenizes a C string).
+    (b"set nul\x00x 0 0 1\r\nx\r\nget nul\r\nset nul 0 0 1\r\ny\r\nget nul\x00zzz\r\ndelete nul\x00 noreply\r\n",
+     b"ERROR\r\nERROR\r\nEND\r\nSTORED\r\nVALUE nul 0 1\r\ny\r\nEND\r\nDELETED\r\n"),
 ]
 
 
