@@ -66,7 +66,9 @@ final class Keeper {
   private var stopSignal: Int32?
   private var lastStatus: ExitStatus = .exited(0)
   private var exitCode: Int32?
-  private var refused = 0
+  private var refusalTokens = 20.0
+  private var refusalRefill = 0.0
+  private var unloggedRefusals = 0
 
   /// The signals the keeper handles: these are forwarded to the main
   /// process (SIGTERM and SIGINT also stop the keeper); SIGCHLD wakes it.
@@ -102,7 +104,8 @@ final class Keeper {
     // What every child inherits: the keeper's environment without what
     // describes the keeper's own manager, plus the notify socket.
     let own: Set<String> = [
-      "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC",
+      "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID",
+      "WATCHDOG_USEC",
     ]
     environment = KeeperSystem.environment().filter { entry in
       !own.contains(String(entry.prefix { $0 != "=" }))
@@ -170,7 +173,10 @@ final class Keeper {
     killAt = nil
     readyDeadline = config.readyTimeout.map { now + $0 }
     starts.append(now)
-    let held = store.isEmpty ? "" : " with \(store.count) fd\(store.count == 1 ? "" : "s"): \(store.names.joined(separator: ", "))"
+    let held =
+      store.isEmpty
+      ? ""
+      : " with \(store.count) fd\(store.count == 1 ? "" : "s"): \(store.names.joined(separator: ", "))"
     KeeperSystem.log("started \(pid) (generation \(generation))\(held)")
   }
 
@@ -229,13 +235,15 @@ final class Keeper {
       readyDeadline = nil
       timedOut = true
       KeeperSystem.log(
-        "\(pid) not ready within \(Self.seconds(config.readyTimeout ?? 0)) s (--ready-timeout); sending SIGTERM")
+        "\(pid) not ready within \(Self.seconds(config.readyTimeout ?? 0)) s (--ready-timeout); sending SIGTERM"
+      )
       KeeperSystem.kill(pid, SIGTERM)
       killAt = now + config.stopTimeout
     }
     if let deadline = killAt, now >= deadline, let pid = main {
       killAt = nil
-      KeeperSystem.log("\(pid) still running \(Self.seconds(config.stopTimeout)) s after SIGTERM; sending SIGKILL")
+      KeeperSystem.log(
+        "\(pid) still running \(Self.seconds(config.stopTimeout)) s after SIGTERM; sending SIGKILL")
       KeeperSystem.kill(pid, SIGKILL)
     }
     if let deadline = restartAt, now >= deadline, main == nil {
@@ -357,7 +365,9 @@ final class Keeper {
     if message.fdStore, !fds.isEmpty {
       storeFDs(&fds, message: message, from: d.pid)
     } else if !fds.isEmpty {
-      refuse("\(fds.count) fd\(fds.count == 1 ? "" : "s") from \(d.pid) without FDSTORE=1", fds: fds.count)
+      refuse(
+        "\(fds.count) fd\(fds.count == 1 ? "" : "s") from \(d.pid) without FDSTORE=1",
+        fds: fds.count)
     }
   }
 
@@ -393,7 +403,8 @@ final class Keeper {
     }
     if new == main { return }
     guard isSupervised(new), let pidfd = try? KeeperSystem.pidfdOpen(new) else {
-      return refuse("MAINPID=\(new) from \(sender): not a live process of the supervised tree", fds: 0)
+      return refuse(
+        "MAINPID=\(new) from \(sender): not a live process of the supervised tree", fds: 0)
     }
     if let mainPidfd { KeeperSystem.close(mainPidfd) }
     mainPidfd = pidfd
@@ -405,7 +416,8 @@ final class Keeper {
 
   private func storeFDs(_ fds: inout [Int32], message m: NotifyMessage, from sender: pid_t) {
     guard let name = m.fdName else {
-      return refuse("FDSTORE=1 from \(sender) with an invalid FDNAME; \(fds.count) fds closed", fds: fds.count)
+      return refuse(
+        "FDSTORE=1 from \(sender) with an invalid FDNAME; \(fds.count) fds closed", fds: fds.count)
     }
     guard store.store(fds, name: name) else {
       return refuse(
@@ -430,14 +442,23 @@ final class Keeper {
     return false
   }
 
-  /// Logs a refused datagram (the first 20, then every 1000th: a peer must
-  /// not fill the log either).
+  /// Logs a refused datagram, at most 20 in a burst and then one every 5 s
+  /// (a token bucket: a peer must not fill the log either); the next line
+  /// logged says how many were not.
   private func refuse(_ what: String, fds: Int) {
-    refused += 1
-    if refused <= 20 || refused % 1000 == 0 {
-      let closed = fds > 0 && !what.contains("closed") ? "; \(fds) fd\(fds == 1 ? "" : "s") closed" : ""
-      KeeperSystem.log("ignored \(what)\(closed)" + (refused > 20 ? " (\(refused) ignored so far)" : ""))
+    let now = KeeperSystem.now()
+    refusalTokens = min(20, refusalTokens + (now - refusalRefill) / 5)
+    refusalRefill = now
+    guard refusalTokens >= 1 else {
+      unloggedRefusals += 1
+      return
     }
+    refusalTokens -= 1
+    let closed =
+      fds > 0 && !what.contains("closed") ? "; \(fds) fd\(fds == 1 ? "" : "s") closed" : ""
+    let more = unloggedRefusals > 0 ? " (and \(unloggedRefusals) more not logged)" : ""
+    unloggedRefusals = 0
+    KeeperSystem.log("ignored \(what)\(closed)\(more)")
   }
 
   /// `0.1`, `2`, `1.25`: seconds for log lines.

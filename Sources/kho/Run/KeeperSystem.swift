@@ -157,7 +157,9 @@ enum KeeperSystem {
   static func notifySocket() throws(SystemCallFailure) -> (fd: Int32, name: String) {
     var name = [CChar](repeating: 0, count: 108)
     let fd = try call("socket/bind(AF_UNIX, SOCK_DGRAM)") { e in
-      name.withUnsafeMutableBufferPointer { ckho_notify_socket_autobind($0.baseAddress, $0.count, e) }
+      name.withUnsafeMutableBufferPointer {
+        ckho_notify_socket_autobind($0.baseAddress, $0.count, e)
+      }
     }
     var on: Int32 = 1
     do {
@@ -179,7 +181,8 @@ enum KeeperSystem {
   ///
   /// The corresponding C function is `recvmsg`.
   static func receive(
-    _ sock: Int32, into buffer: UnsafeMutableRawBufferPointer, fds fdBuffer: UnsafeMutablePointer<Int32>
+    _ sock: Int32, into buffer: UnsafeMutableRawBufferPointer,
+    fds fdBuffer: UnsafeMutablePointer<Int32>
   ) throws(SystemCallFailure) -> NotifyDatagram? {
     var count: Int32 = 0
     var pid: pid_t = -1
@@ -188,9 +191,10 @@ enum KeeperSystem {
     let n: Int
     do {
       n = try call("recvmsg") { e in
-        ckho_recv_notify(sock, buffer.baseAddress, buffer.count, fdBuffer, &count, &pid, &uid, &flags, e)
+        ckho_recv_notify(
+          sock, buffer.baseAddress, buffer.count, fdBuffer, &count, &pid, &uid, &flags, e)
       }
-    } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
       return nil
     }
     let fds = (0..<Int(count)).map { fdBuffer[$0] }
@@ -261,7 +265,9 @@ enum KeeperSystem {
       ms = -1
     }
     _ = try call("poll") { e in
-      let r = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), ms) }
+      let r = fds.withUnsafeMutableBufferPointer {
+        Glibc.poll($0.baseAddress, nfds_t($0.count), ms)
+      }
       if r < 0 { e.pointee = errno }
       return r
     }

@@ -92,6 +92,8 @@ struct NotifyMessage: Equatable {
   /// `bytes` as text for a log line: at most 200 characters, every byte
   /// outside printable ASCII shown as `?`.
   static func printable(_ bytes: some Collection<UInt8>) -> String {
-    String(decoding: bytes.prefix(200).map { ($0 >= 0x20 && $0 <= 0x7e) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
+    String(
+      decoding: bytes.prefix(200).map { ($0 >= 0x20 && $0 <= 0x7e) ? $0 : UInt8(ascii: "?") },
+      as: UTF8.self)
   }
 }

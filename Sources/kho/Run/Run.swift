@@ -104,7 +104,8 @@ struct Run: ParsableCommand {
 
   @Argument(
     parsing: .postTerminator,
-    help: ArgumentHelp("The command to supervise and its arguments, after '--'.", valueName: "COMMAND ARGS"))
+    help: ArgumentHelp(
+      "The command to supervise and its arguments, after '--'.", valueName: "COMMAND ARGS"))
   var command: [String] = []
 
   func validate() throws {
@@ -122,7 +123,9 @@ struct Run: ParsableCommand {
       throw ValidationError("--ready-timeout must be a number of seconds above 0, at most 86400")
     }
     if startLimit < 0 { throw ValidationError("--start-limit must be 0 or more") }
-    if !(1...1024).contains(fdStoreMax) { throw ValidationError("--fd-store-max must be from 1 to 1024") }
+    if !(1...1024).contains(fdStoreMax) {
+      throw ValidationError("--fd-store-max must be from 1 to 1024")
+    }
   }
 
   func run() throws {
