@@ -6,6 +6,9 @@ processes (Tests/cli/run_child.py) speaking the notify protocol:
                            come back after kill -9 as fds 3 and 4 with
                            LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES; same bytes,
                            and the connection queued while no child ran
+  fd_stored_just_before_dying
+                           FDSTORE=1 then kill -9 at once, 10 times: the fd
+                           is always kept (read before the child is reaped)
   crash_loop_gives_up      back-off doubles up to --restart-delay-max, the
                            start limit ends it with exit 1
   no_fd_leak_over_restarts /proc/KEEPER/fd stays the same over 20 restarts
@@ -129,6 +132,17 @@ class Keeper:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        # A failed test may leave children behind the killed keeper: they
+        # are the processes whose command line names this work directory.
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if self.work.encode() in f.read():
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -171,6 +185,21 @@ def fd_store_survives_crash():
         print(f"    (connection queued while no child ran: {queued_while_down})")
     finally:
         k.close()
+
+
+@test
+def fd_stored_just_before_dying():
+    for _ in range(10):
+        k = Keeper("store-and-die", "--restart-delay", "0.01")
+        try:
+            pid2 = started_pid(k, 2)
+            r = k.read_json("restored.json")
+            assert r["pid"] == pid2 and r["arena_ok"], r
+            assert r["env"] == {"LISTEN_FDS": "1", "LISTEN_PID": str(pid2),
+                                "LISTEN_FDNAMES": "kho-arena"}, r
+            assert k.wait_exit() == 0, k.log()
+        finally:
+            k.close()
 
 
 @test
