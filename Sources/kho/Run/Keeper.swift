@@ -66,9 +66,8 @@ final class Keeper {
   private var stopSignal: Int32?
   private var lastStatus: ExitStatus = .exited(0)
   private var exitCode: Int32?
-  private var refusalTokens = 20.0
-  private var refusalRefill = 0.0
-  private var unloggedRefusals = 0
+  private var refusals = LogLimiter()
+  private var statuses = LogLimiter()
 
   /// The signals the keeper handles: these are forwarded to the main
   /// process (SIGTERM and SIGINT also stop the keeper); SIGCHLD wakes it.
@@ -390,7 +389,7 @@ final class Keeper {
     }
     if let text = m.status, text != status {
       status = text
-      KeeperSystem.log("\(pid) status: \(text)")
+      statuses.log("\(pid) status: \(text)")
     }
   }
 
@@ -442,23 +441,11 @@ final class Keeper {
     return false
   }
 
-  /// Logs a refused datagram, at most 20 in a burst and then one every 5 s
-  /// (a token bucket: a peer must not fill the log either); the next line
-  /// logged says how many were not.
+  /// Logs a refused datagram, rate-limited: a peer must not fill the log.
   private func refuse(_ what: String, fds: Int) {
-    let now = KeeperSystem.now()
-    refusalTokens = min(20, refusalTokens + (now - refusalRefill) / 5)
-    refusalRefill = now
-    guard refusalTokens >= 1 else {
-      unloggedRefusals += 1
-      return
-    }
-    refusalTokens -= 1
     let closed =
       fds > 0 && !what.contains("closed") ? "; \(fds) fd\(fds == 1 ? "" : "s") closed" : ""
-    let more = unloggedRefusals > 0 ? " (and \(unloggedRefusals) more not logged)" : ""
-    unloggedRefusals = 0
-    KeeperSystem.log("ignored \(what)\(closed)\(more)")
+    refusals.log("ignored \(what)\(closed)")
   }
 
   /// `0.1`, `2`, `1.25`: seconds for log lines.
@@ -473,5 +460,26 @@ final class Keeper {
       text += "." + f
     }
     return text
+  }
+}
+
+/// A token bucket for log lines a peer can cause: 20 at once, then one
+/// every 5 seconds; the next line logged says how many were not.
+struct LogLimiter {
+  private var tokens = 20.0
+  private var refilled = KeeperSystem.now()
+  private var unlogged = 0
+
+  mutating func log(_ line: String) {
+    let now = KeeperSystem.now()
+    tokens = min(20, tokens + (now - refilled) / 5)
+    refilled = now
+    guard tokens >= 1 else {
+      unlogged += 1
+      return
+    }
+    tokens -= 1
+    KeeperSystem.log(line + (unlogged > 0 ? " (and \(unlogged) more not logged)" : ""))
+    unlogged = 0
   }
 }

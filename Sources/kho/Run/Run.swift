@@ -19,25 +19,30 @@ struct Run: ParsableCommand {
       systemd. It never reads what the fds hold.
 
       The protocol (man sd_notify), on a Unix datagram socket in the abstract \
-      namespace given to the child as NOTIFY_SOCKET=@NAME:
-        READY=1            the service is up (ends --ready-timeout)
-        RELOADING=1        a reload or handover started; READY=1 ends it
-        STOPPING=1         the service is going down (logged)
-        STATUS=TEXT        logged when it changes (200 characters at most)
-        MAINPID=PID        the main process is now PID (an overlapped \
-      handover's successor): signals go to it, its exit counts. PID must be \
-      a live descendant of kho run.
-        FDSTORE=1          keep the attached fds (SCM_RIGHTS) under FDNAME= \
-      (default 'stored'); fds stored under a name replace, and close, those \
-      held under it before.
-        FDSTOREREMOVE=1    close and forget the fds named FDNAME=.
-        WATCHDOG=1         accepted and ignored (no watchdog yet).
-      Datagrams are accepted only from kho run's descendants (like \
-      NotifyAccess=all, limited to the supervised tree: kho run is a child \
-      subreaper, so orphans stay in it), checked with SCM_CREDENTIALS. A \
-      datagram longer than 4096 bytes, with a NUL byte, without \
-      credentials or with truncated control data is ignored; its fds, and \
-      fds sent without FDSTORE=1, are closed.
+      namespace given to the child as NOTIFY_SOCKET=@NAME. Fields understood:
+
+        READY=1          the service is up (ends --ready-timeout)
+        RELOADING=1      a reload or handover started; READY=1 ends it
+        STOPPING=1       the service is going down (logged)
+        STATUS=TEXT      logged when it changes (at most 200 characters;
+                         20 lines at once, then one every 5 s)
+        MAINPID=PID      the main process is now PID (the successor of an
+                         overlapped handover): signals go to it, its exit
+                         counts. PID must be a live descendant of kho run.
+        FDSTORE=1        keep the fds attached (SCM_RIGHTS) under FDNAME=
+                         (default 'stored'); fds stored under a name replace,
+                         and close, those held under it before
+        FDSTOREREMOVE=1  close and forget the fds held under FDNAME=
+        WATCHDOG=1       accepted and ignored (no watchdog yet)
+
+      Datagrams are accepted only from kho run's descendants, checked with \
+      SCM_CREDENTIALS (like NotifyAccess=all, limited to the supervised tree; \
+      kho run is a child subreaper, so orphans stay in it). A datagram longer \
+      than 4096 bytes, with a NUL byte, without credentials or with truncated \
+      control data is ignored and its fds closed; so are fds sent without \
+      FDSTORE=1, and fds that would make the store hold more than \
+      --fd-store-max. FDNAME= is 1 to 255 printable ASCII characters without \
+      ':'. Refusals are logged, rate-limited.
 
       Each start gets the stored fds as 3, 4, ... in store order with \
       LISTEN_FDS=N, LISTEN_FDNAMES=NAME:NAME... and LISTEN_PID set to its own \
@@ -57,14 +62,14 @@ struct Run: ParsableCommand {
       SIGTERM and SIGINT are forwarded too, and then kho run waits for it to \
       exit (SIGKILL after --stop-timeout), does not restart it, and exits \
       with its status. Other processes the child left behind are reaped as \
-      they exit, not killed.
+      they exit, not killed (and left running when kho run exits).
 
       Exit status: the main process's (128 + N if killed by signal N), or 1 \
       if kho run gave up or could not start COMMAND at all. Log lines on \
       stderr start with 'kho run:'.
 
       Examples:
-        kho run -- /usr/bin/kho-cache --port 11211 --kho-scratch 64M
+        kho run -- /usr/bin/mysvc --port 11211
         kho run --restart always --restart-delay 0.5 --start-limit 10 -- ./mysvc
         kho run --ready-timeout 30 --fd-store-max 8 -- ./mysvc --serve
       """
