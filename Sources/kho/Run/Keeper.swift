@@ -121,6 +121,9 @@ final class Keeper {
       pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
     ]
     if let mainPidfd { fds.append(pollfd(fd: mainPidfd, events: Int16(POLLIN), revents: 0)) }
+    // Whose pidfd was polled: a MAINPID= read below may change the main
+    // process (and reuse the fd number) before the result is looked at.
+    let polledMain = main
     do {
       try KeeperSystem.poll(&fds, timeout: nextDeadline().map { $0 - KeeperSystem.now() })
     } catch {
@@ -129,7 +132,7 @@ final class Keeper {
     drainNotifications()
     handleSignals()
     reapChildren()
-    if fds.count > 2, fds[2].revents != 0 { checkMainNotChild() }
+    if fds.count > 2, fds[2].revents != 0, main == polledMain { checkMainNotChild() }
     if exitCode == nil { handleTimers() }
   }
 
@@ -375,13 +378,19 @@ final class Keeper {
     guard let pid = main else { return }
     if m.reloading, ready {
       ready = false
-      KeeperSystem.log("\(pid) reloading")
+      statuses.log("\(pid) reloading")
     }
     if m.ready, !ready {
       ready = true
       readyDeadline = nil
-      if readyAt == nil { readyAt = KeeperSystem.now() }
-      KeeperSystem.log("\(pid) ready")
+      // The first READY=1 of a run is always logged; after a reload, the
+      // lines are rate-limited like STATUS= (a child may toggle them).
+      if readyAt == nil {
+        readyAt = KeeperSystem.now()
+        KeeperSystem.log("\(pid) ready")
+      } else {
+        statuses.log("\(pid) ready")
+      }
     }
     if m.stopping, !stoppingReported {
       stoppingReported = true
