@@ -192,6 +192,20 @@ def handover():
     os._exit(0)
 
 
+def handover_stay():
+    """Generation 1 names a grandchild MAINPID= and stays alive, so the
+    grandchild is never the keeper's child; later generations just serve."""
+    if os.path.exists(path("handed-over")):
+        send("READY=1")
+        wait_forever()
+    open(path("handed-over"), "w").close()
+    succ = subprocess.Popen([sys.executable, __file__, "successor", WORK])
+    with open(path("successor-pid"), "w") as f:
+        f.write(str(succ.pid))
+    send(f"MAINPID={succ.pid}\nREADY=1")
+    wait_forever()  # never reaps it: a zombie the keeper cannot wait for
+
+
 def successor():
     send("STATUS=successor serving")
     wait_forever()
@@ -262,6 +276,7 @@ MODES = {
     "never-ready-stubborn": never_ready_stubborn,
     "term-exit": term_exit,
     "handover": handover,
+    "handover-stay": handover_stay,
     "successor": successor,
     "hostile": hostile,
 }

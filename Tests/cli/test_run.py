@@ -21,6 +21,8 @@ processes (Tests/cli/run_child.py) speaking the notify protocol:
   mainpid_handover         MAINPID= to a grandchild that the first child
                            leaves behind: supervised (reparented to the
                            keeper), restarted when it is killed
+  mainpid_not_a_child      MAINPID= to a grandchild whose parent stays: its
+                           death is seen through its pidfd, and restarts
   hostile_datagrams        garbage, oversized, NUL, bad names, 200 fds, fds
                            without FDSTORE=1, bad MAINPID, from inside the
                            tree and from outside: the keeper survives, holds
@@ -316,6 +318,26 @@ def mainpid_handover():
         k.wait_line(rf"{succ} killed by signal 9 \(SIGKILL\); restarting in 0.01 s")
         pid2 = started_pid(k, 2)
         assert int(open(k.wait_file("gen2-pid")).read()) == pid2
+        k.wait_line(rf"{pid2} ready")
+        os.kill(k.proc.pid, signal.SIGTERM)
+        rc = k.wait_exit()
+        assert rc == 143, f"rc {rc}\n{k.log()}"
+    finally:
+        k.close()
+
+
+@test
+def mainpid_not_a_child():
+    k = Keeper("handover-stay", "--restart-delay", "0.01")
+    try:
+        pid1 = started_pid(k, 1)
+        succ = int(open(k.wait_file("successor-pid")).read())
+        k.wait_line(rf"main process now {succ} \(was {pid1}\)")
+        k.wait_line(rf"{succ} status: successor serving")
+        os.kill(succ, signal.SIGKILL)
+        # Its parent still lives: the keeper learns of its death by its pidfd.
+        k.wait_line(rf"{succ} exited \(status unknown: not a child of kho run\); restarting in 0.01 s")
+        pid2 = started_pid(k, 2)
         k.wait_line(rf"{pid2} ready")
         os.kill(k.proc.pid, signal.SIGTERM)
         rc = k.wait_exit()

@@ -368,7 +368,7 @@ final class Keeper {
       storeFDs(&fds, message: message, from: d.pid)
     } else if !fds.isEmpty {
       refuse(
-        "\(fds.count) fd\(fds.count == 1 ? "" : "s") from \(d.pid) without FDSTORE=1",
+        "\(fds.count) fd\(fds.count == 1 ? "" : "s") from \(d.pid) sent without FDSTORE=1",
         fds: fds.count)
     }
   }
@@ -407,7 +407,8 @@ final class Keeper {
   /// then signal).
   private func changeMain(_ m: NotifyMessage, from sender: pid_t) {
     guard let new = m.mainPID, new != selfPID else {
-      return refuse("MAINPID=\(m.mainPIDText ?? "") from \(sender): not a pid", fds: 0)
+      return refuse(
+        "MAINPID=\(m.mainPIDText ?? "") from \(sender): not a pid above 1 (nor kho run's)", fds: 0)
     }
     if new == main { return }
     guard isSupervised(new), let pidfd = try? KeeperSystem.pidfdOpen(new) else {
@@ -425,7 +426,7 @@ final class Keeper {
   private func storeFDs(_ fds: inout [Int32], message m: NotifyMessage, from sender: pid_t) {
     guard let name = m.fdName else {
       return refuse(
-        "FDSTORE=1 from \(sender) with an invalid FDNAME; \(fds.count) fds closed", fds: fds.count)
+        "FDSTORE=1 from \(sender) with an invalid FDNAME", fds: fds.count)
     }
     guard store.store(fds, name: name) else {
       return refuse(
