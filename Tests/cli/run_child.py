@@ -60,6 +60,14 @@ def report(name, data):
     os.rename(tmp, path(name))
 
 
+def write_atomic(name, text):
+    """Writes `name` so that the test never reads it half-written."""
+    tmp = path(name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path(name))
+
+
 def open_fds():
     return sorted(int(n) for n in os.listdir("/proc/self/fd"))
 
@@ -87,8 +95,7 @@ def store_crash():
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.bind(("127.0.0.1", 0))
         lsock.listen(8)
-        with open(path("port"), "w") as f:
-            f.write(str(lsock.getsockname()[1]))
+        write_atomic("port", str(lsock.getsockname()[1]))
         send("FDSTORE=1\nFDNAME=kho-arena", [memfd])
         send("FDSTORE=1\nFDNAME=listen", [lsock.fileno()])
         send("READY=1\nSTATUS=first generation serving")
@@ -180,14 +187,12 @@ def handover():
     """Generation 1 hands over to a grandchild (MAINPID=) and exits 0; the
     grandchild serves until killed. Later generations just serve."""
     if os.path.exists(path("handed-over")):
-        with open(path("gen2-pid"), "w") as f:
-            f.write(str(os.getpid()))
+        write_atomic("gen2-pid", str(os.getpid()))
         send("READY=1")
         wait_forever()
     open(path("handed-over"), "w").close()
     succ = subprocess.Popen([sys.executable, __file__, "successor", WORK])
-    with open(path("successor-pid"), "w") as f:
-        f.write(str(succ.pid))
+    write_atomic("successor-pid", str(succ.pid))
     send(f"MAINPID={succ.pid}\nREADY=1")
     os._exit(0)
 
@@ -200,8 +205,7 @@ def handover_stay():
         wait_forever()
     open(path("handed-over"), "w").close()
     succ = subprocess.Popen([sys.executable, __file__, "successor", WORK])
-    with open(path("successor-pid"), "w") as f:
-        f.write(str(succ.pid))
+    write_atomic("successor-pid", str(succ.pid))
     send(f"MAINPID={succ.pid}\nREADY=1")
     wait_forever()  # never reaps it: a zombie the keeper cannot wait for
 

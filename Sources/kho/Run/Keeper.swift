@@ -73,11 +73,17 @@ final class Keeper {
   /// process (SIGTERM and SIGINT also stop the keeper); SIGCHLD wakes it.
   static let forwarded: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]
 
+  /// A keeper for `config`; nothing starts before `run`.
   init(_ config: KeeperConfiguration) {
     self.config = config
     self.store = FDStore(capacity: config.fdStoreMax)
     self.delay = config.restartDelay
     starts.reserveCapacity(max(config.startLimit, 1) + 1)
+  }
+
+  deinit {
+    buffer.deallocate()
+    fdBuffer.deallocate()
   }
 
   /// Runs until the command is done for good; returns the exit status.
@@ -95,6 +101,8 @@ final class Keeper {
     return exitCode ?? 1
   }
 
+  /// Becomes a subreaper, takes the signals into a signalfd, opens the
+  /// notify socket and prepares the children's environment.
   private func setUp() throws(SystemCallFailure) {
     KeeperSystem.ignoreSIGPIPE()
     try KeeperSystem.setChildSubreaper()
@@ -136,6 +144,7 @@ final class Keeper {
     if exitCode == nil { handleTimers() }
   }
 
+  /// The earliest timer due: ready timeout, SIGKILL escalation, restart.
   private func nextDeadline() -> Double? {
     [readyDeadline, killAt, restartAt].compactMap { $0 }.min()
   }
@@ -231,6 +240,9 @@ final class Keeper {
     delay = min(delay * 2, config.restartDelayMax)
   }
 
+  /// Acts on the timers that are due: a start not ready in time gets
+  /// SIGTERM, a process that outlives --stop-timeout SIGKILL, a pending
+  /// restart starts.
   private func handleTimers() {
     let now = KeeperSystem.now()
     if let deadline = readyDeadline, now >= deadline, let pid = main, !ready {
@@ -256,6 +268,8 @@ final class Keeper {
 
   // MARK: Signals and children
 
+  /// Reads every pending signal: SIGTERM and SIGINT stop, the others are
+  /// forwarded to the main process, SIGCHLD only wakes the loop.
   private func handleSignals() {
     while let signal = try? KeeperSystem.readSignal(signalFD) {
       switch signal {
@@ -373,6 +387,8 @@ final class Keeper {
     }
   }
 
+  /// Applies a message's state fields (MAINPID= first, so that a READY=1
+  /// beside it is the new main process's).
   private func apply(_ m: NotifyMessage, from sender: pid_t) {
     if m.mainPIDText != nil { changeMain(m, from: sender) }
     guard let pid = main else { return }
@@ -423,6 +439,8 @@ final class Keeper {
     KeeperSystem.log("main process now \(new)" + (old.map { " (was \($0))" } ?? ""))
   }
 
+  /// `FDSTORE=1`: moves `fds` into the store (then empties `fds`), or
+  /// refuses them, leaving them to the caller to close.
   private func storeFDs(_ fds: inout [Int32], message m: NotifyMessage, from sender: pid_t) {
     guard let name = m.fdName else {
       return refuse(
@@ -480,6 +498,7 @@ struct LogLimiter {
   private var refilled = KeeperSystem.now()
   private var unlogged = 0
 
+  /// Logs `line` if a token is left, else counts it as not logged.
   mutating func log(_ line: String) {
     let now = KeeperSystem.now()
     tokens = min(20, tokens + (now - refilled) / 5)
