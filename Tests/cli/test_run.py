@@ -13,6 +13,9 @@ processes (Tests/cli/run_child.py) speaking the notify protocol:
                            start limit ends it with exit 1
   no_fd_leak_over_restarts /proc/KEEPER/fd stays the same over 20 restarts
                            that each store an fd again
+  healthy_run_resets_back_off
+                           a run up longer than --start-limit-interval
+                           resets the delay and the start count
   ready_timeout            a child that never sends READY=1 is stopped
                            (SIGTERM, then SIGKILL after --stop-timeout),
                            restarted, and the keeper gives up
@@ -240,6 +243,35 @@ def no_fd_leak_over_restarts():
         rc = k.wait_exit()
         assert rc == 143, f"rc {rc}\n{k.log()}"
         print(f"    (keeper fds at every ready child: {counts[0]})")
+    finally:
+        k.close()
+
+
+@test
+def healthy_run_resets_back_off():
+    k = Keeper("store-then-wait", "--restart-delay", "0.01", "--restart-delay-max", "1",
+               "--start-limit", "3", "--start-limit-interval", "4")
+    try:
+        for gen, delay in [(1, "0.01"), (2, "0.02")]:
+            pid = started_pid(k, gen)
+            k.wait_line(rf"{pid} ready")
+            os.kill(k.proc.pid, signal.SIGUSR1)
+            k.wait_line(rf"{pid} killed by signal 9 \(SIGKILL\); restarting in {delay} s")
+        pid = started_pid(k, 3)
+        k.wait_line(rf"{pid} ready")
+        # Let the third run stay up longer than the interval (a condition on
+        # the clock, not a sleep standing in for an event).
+        seen = time.monotonic()
+        poll(lambda: time.monotonic() - seen > 4.5, "the interval to pass", attempts=1000)
+        os.kill(k.proc.pid, signal.SIGUSR1)
+        k.wait_line(rf"{pid} had been up 4 s or more: back-off and start count reset")
+        k.wait_line(rf"{pid} killed by signal 9 \(SIGKILL\); restarting in 0.01 s")
+        # And it goes on.
+        pid = started_pid(k, 4)
+        k.wait_line(rf"{pid} ready")
+        assert "giving up" not in k.log(), k.log()
+        os.kill(k.proc.pid, signal.SIGTERM)
+        assert k.wait_exit() == 143, k.log()
     finally:
         k.close()
 

@@ -224,6 +224,11 @@ final class Keeper {
     let now = KeeperSystem.now()
     // A run that served for a whole interval was healthy: start over.
     if pid != nil, now - (readyAt ?? startedAt) >= config.startLimitInterval {
+      if delay != config.restartDelay || starts.count > 1 {
+        KeeperSystem.log(
+          "\(who)had been up \(Self.seconds(config.startLimitInterval)) s or more: "
+            + "back-off and start count reset")
+      }
       delay = config.restartDelay
       starts.removeAll(keepingCapacity: true)
     }
