@@ -230,12 +230,12 @@ def hostile():
             b"FDSTOREREMOVE", b"WATCHDOG", b"ERRNO", b"X"]
     sent = 0
     # Random bytes, NULs and newlines included, up to 4096 bytes.
-    for _ in range(300):
+    for _ in range(1000):
         send(bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 4097))))
         sent += 1
     # Structured fuzz: valid keys with random values, sometimes fds (never
     # with FDSTORE=1, so nothing may be kept).
-    for _ in range(400):
+    for _ in range(1000):
         lines = []
         for _ in range(rnd.randrange(1, 8)):
             k = rnd.choice(keys)

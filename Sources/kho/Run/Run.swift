@@ -75,7 +75,7 @@ struct Run: ParsableCommand {
       """
   )
 
-  @Option(help: ArgumentHelp("on-failure, always or no.", valueName: "policy"))
+  @Option(help: ArgumentHelp("When to start the command again.", valueName: "policy"))
   var restart: RestartPolicy = .onFailure
 
   @Option(help: ArgumentHelp("The first delay before a restart.", valueName: "seconds"))
