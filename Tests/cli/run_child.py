@@ -210,6 +210,21 @@ def handover_stay():
     wait_forever()  # never reaps it: a zombie the keeper cannot wait for
 
 
+def orphans():
+    """Leave 5 grandchildren behind (their parents exit at once): they
+    become the keeper's children, and it must reap them when they exit."""
+    for _ in range(5):
+        mid = os.fork()
+        if mid == 0:
+            if os.fork() == 0:
+                wait_file("release")
+                os._exit(0)
+            os._exit(0)
+        os.waitpid(mid, 0)
+    send("READY=1")
+    wait_forever()
+
+
 def successor():
     send("STATUS=successor serving")
     wait_forever()
@@ -281,6 +296,7 @@ MODES = {
     "term-exit": term_exit,
     "handover": handover,
     "handover-stay": handover_stay,
+    "orphans": orphans,
     "successor": successor,
     "hostile": hostile,
 }

@@ -26,6 +26,8 @@ processes (Tests/cli/run_child.py) speaking the notify protocol:
                            keeper), restarted when it is killed
   mainpid_not_a_child      MAINPID= to a grandchild whose parent stays: its
                            death is seen through its pidfd, and restarts
+  orphans_reaped           grandchildren left behind become the keeper's
+                           children and are reaped: no zombies
   hostile_datagrams        garbage, oversized, NUL, bad names, 200 fds, fds
                            without FDSTORE=1, bad MAINPID, from inside the
                            tree and from outside: the keeper survives, holds
@@ -374,6 +376,39 @@ def mainpid_not_a_child():
         os.kill(k.proc.pid, signal.SIGTERM)
         rc = k.wait_exit()
         assert rc == 143, f"rc {rc}\n{k.log()}"
+    finally:
+        k.close()
+
+
+def children_of(pid):
+    """{child pid: state letter} of the processes whose parent is `pid`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if int(re.search(r"PPid:\s+(\d+)", text).group(1)) == pid:
+            found[int(entry)] = re.search(r"State:\s+(\S)", text).group(1)
+    return found
+
+
+@test
+def orphans_reaped():
+    k = Keeper("orphans")
+    try:
+        pid = started_pid(k, 1)
+        k.wait_line(rf"{pid} ready")
+        # The five grandchildren, orphaned, are the keeper's children now.
+        poll(lambda: len(children_of(k.proc.pid)) == 6, "orphans reparented to the keeper")
+        k.touch("release")
+        poll(lambda: list(children_of(k.proc.pid)) == [pid], "orphans reaped (no zombies)")
+        assert k.proc.poll() is None and k.count(r"generation 2") == 0, k.log()
+        os.kill(k.proc.pid, signal.SIGTERM)
+        assert k.wait_exit() == 143, k.log()
     finally:
         k.close()
 
