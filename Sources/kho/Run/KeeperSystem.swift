@@ -268,20 +268,17 @@ enum KeeperSystem {
   ) throws(SystemCallFailure) -> pid_t {
     let argv = arguments.map { strdup($0) } + [nil]
     var envp = environment.map { strdup($0) }
-    // The child writes its pid into this buffer's copy in its own memory.
+    // The child overwrites the placeholder's copy in its own memory with
+    // its pid (room for 20 digits and the NUL).
     var listenPID: UnsafeMutablePointer<CChar>? = nil
-    if !fds.isEmpty {
-      let entry = UnsafeMutablePointer<CChar>.allocate(capacity: 40)
-      entry.initialize(repeating: 0, count: 40)
-      _ = "LISTEN_PID=".withCString { strcpy(entry, $0) }
-      listenPID = entry + 11
+    if !fds.isEmpty, let entry = strdup("LISTEN_PID=" + String(repeating: "0", count: 20)) {
+      listenPID = entry + "LISTEN_PID=".utf8.count
       envp.append(entry)
     }
     envp.append(nil)
     defer {
       for p in argv { free(p) }
-      for p in envp where p != nil && p != listenPID.map({ $0 - 11 }) { free(p) }
-      if let listenPID { (listenPID - 11).deallocate() }
+      for p in envp { free(p) }
     }
     var scratch = [Int32](repeating: -1, count: max(fds.count, 1))
     return try call("fork/execve \(path)") { e in
