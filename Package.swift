@@ -60,7 +60,7 @@ let package = Package(
     .executableTarget(
       name: "kho",
       dependencies: [
-        "FDT",
+        "FDT", "CKHORuntime",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

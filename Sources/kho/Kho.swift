@@ -7,6 +7,6 @@ struct Kho: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kho",
     abstract: "Kexec HandOver for processes: inspect blobs and drive a service's handover.",
-    subcommands: [Status.self, Load.self, Unload.self, Exec.self, DT.self]
+    subcommands: [Status.self, Load.self, Unload.self, Exec.self, Run.self, DT.self]
   )
 }
