@@ -13,6 +13,7 @@ mkdir -p "$mount"
 log="$dir/kho-cache.log"
 
 cleanup() {
+  pkill -TERM -f "$kho run .*-p $port" 2>/dev/null || true
   pkill -TERM -f "$cache -p $port" 2>/dev/null || true
   for _ in $(seq 50); do mountpoint -q "$mount" || break; sleep 0.1; done
   fusermount3 -u -z "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
@@ -53,8 +54,26 @@ say "5. Once more, overlapped: the next image starts beside the old one, which e
 run "$kho" exec "$mount" --overlapped -- "$cache" -p "$port" -m 256 --kho-scratch 16M --control-mount "$mount"
 run client verify --items "$items"
 
-say "6. For comparison, a cold restart (stop, start again)"
+say "6. A crash is survived: under kho run (the keeper of the arena and the listener), kill -9 the cache"
 pkill -TERM -f "$cache -p $port"
+for _ in $(seq 50); do mountpoint -q "$mount" || break; sleep 0.1; done
+"$kho" run -- "$cache" -p "$port" -m 256 --kho-scratch 16M --control-mount "$mount" >>"$log" 2>&1 &
+for _ in $(seq 100); do mountpoint -q "$mount" && break; sleep 0.1; done
+run client load --items "$items"
+serving_pid() { python3 -c "from pymemcache.client.base import Client; print(int(Client(('127.0.0.1', $port)).stats()[b'pid']))"; }
+victim=$(serving_pid)
+run kill -9 "$victim"
+for _ in $(seq 200); do
+  now=$(serving_pid 2>/dev/null || true)
+  [ -n "$now" ] && [ "$now" != "$victim" ] && mountpoint -q "$mount" && break
+  sleep 0.05
+done
+run "$kho" status "$mount"
+run client verify --items "$items"
+grep -E "crash boot|adopted the crashed" "$log" | tail -2
+
+say "7. For comparison, a cold restart (stop, start again)"
+pkill -TERM -f "$kho run .*-p $port"
 for _ in $(seq 50); do mountpoint -q "$mount" || break; sleep 0.1; done
 run start
 run client verify --items "$items" --expect-lost || true
