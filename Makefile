@@ -5,7 +5,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 KHO := .build/debug/kho
 
-.PHONY: all deps build demo demo-dt test bench bench-upgrade fuzz format clean
+.PHONY: all deps build demo demo-dt test bench bench-upgrade bench-memcslap fuzz format clean
 
 all: build
 
@@ -42,7 +42,8 @@ bench: deps
 	$(SWIFT) run -c release fdt-bench
 
 bench-upgrade: deps
-	$(SWIFT) build -c release --product kho-cache --product kho
+	$(SWIFT) build -c release --product kho-cache
+	$(SWIFT) build -c release --product kho
 	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
 
 fuzz: deps
@@ -53,3 +54,8 @@ format:
 
 clean:
 	rm -rf .build
+
+# kho-cache beside memcached under memcslap (C, libmemcached-tools).
+bench-memcslap: deps
+	$(SWIFT) build -c release --product kho-cache
+	$(PYTHON) Scripts/bench_memcslap.py --kho-cache kho-cache=.build/release/kho-cache
