@@ -29,7 +29,7 @@ extension CacheStore {
 
   /// Every used page belongs to a class, every unused one to none, and each
   /// class's page count is the number of pages the table gives it. Returns those numbers by class id.
-  private static func checkPageTable(_ memory: RegionMemory, _ geometry: Geometry, pagesUsed: Int)
+  static func checkPageTable(_ memory: RegionMemory, _ geometry: Geometry, pagesUsed: Int)
     throws(CacheRegionError) -> [UInt64]
   {
     var pages = [UInt64](repeating: 0, count: geometry.classCount + 1)
@@ -212,18 +212,7 @@ extension StoreCore {
       }
       lruItems += Int(count)
     }
-    var pages = [UInt64](repeating: 0, count: geometry.classCount + 1)
-    for page in 0..<pagesUsed {
-      let classId = Int(memory.u8(geometry.pageTableOffset + page))
-      guard classId >= 1 && classId <= geometry.classCount else {
-        throw .corrupt("page \(page) of class \(classId)")
-      }
-      pages[classId] += 1
-    }
-    for classId in 1...geometry.classCount
-    where pages[classId] != memory.u64(geometry.classEntry(classId) + ClassField.pageCount) {
-      throw .corrupt("page count of class \(classId)")
-    }
+    _ = try CacheStore.checkPageTable(memory, geometry, pagesUsed: pagesUsed)
     guard try hashItemCount() == lruItems else { throw .corrupt("hash index and LRUs disagree") }
     guard stat(.currItems) == UInt64(lruItems) else { throw .corrupt("curr_items") }
     guard stat(.bytes) == bytes else { throw .corrupt("bytes") }

@@ -34,20 +34,15 @@ import os
 import random
 import sys
 import time
-import traceback
 
+from harness import Suite
 import test_upgrade
 from test_upgrade import Service
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAMPER = os.path.join(HERE, "tamper_successor.py")
-RESULTS = {"passed": 0, "failed": 0}
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+SUITE = Suite()
+test = SUITE.test
 
 
 def tampered_upgrade(svc, actions, overlapped=False, expect_remount=False):
@@ -220,24 +215,7 @@ def main():
     ARGS = parser.parse_args()
     test_upgrade.SERVER = os.path.abspath(ARGS.server)
     test_upgrade.KHO = os.path.abspath(ARGS.kho)
-    began = time.monotonic()
-    for fn in TESTS:
-        if ARGS.only and ARGS.only not in fn.__name__:
-            continue
-        t = time.monotonic()
-        try:
-            fn()
-            RESULTS["passed"] += 1
-            print(f"ok   {fn.__name__} ({time.monotonic() - t:.1f} s)")
-        except Exception:
-            RESULTS["failed"] += 1
-            print(f"FAIL {fn.__name__} ({time.monotonic() - t:.1f} s)")
-            traceback.print_exc()
-        sys.stdout.flush()
-    print(f"     total {time.monotonic() - began:.1f} s")
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    return 1 if RESULTS["failed"] else 0
-
+    return SUITE.run(ARGS.only)
 
 if __name__ == "__main__":
     sys.exit(main())

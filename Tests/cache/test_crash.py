@@ -34,24 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import zlib
 
+from harness import Suite, free_port
 from pymemcache.client.base import Client
 
-RESULTS = {"passed": 0, "failed": 0}
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SUITE = Suite()
+test = SUITE.test
 
 
 def make_value(key, version, rng):
@@ -269,24 +258,7 @@ def main():
     parser.add_argument("-k", dest="only", help="run only tests whose name contains this")
     ARGS = parser.parse_args()
     SERVER, KHO = os.path.abspath(ARGS.server), os.path.abspath(ARGS.kho)
-    began = time.monotonic()
-    for fn in TESTS:
-        if ARGS.only and ARGS.only not in fn.__name__:
-            continue
-        t = time.monotonic()
-        try:
-            fn()
-            RESULTS["passed"] += 1
-            print(f"ok   {fn.__name__} ({time.monotonic() - t:.1f} s)")
-        except Exception:
-            RESULTS["failed"] += 1
-            print(f"FAIL {fn.__name__} ({time.monotonic() - t:.1f} s)")
-            traceback.print_exc()
-        sys.stdout.flush()
-    print(f"     total {time.monotonic() - began:.1f} s")
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    return 1 if RESULTS["failed"] else 0
-
+    return SUITE.run(ARGS.only)
 
 if __name__ == "__main__":
     sys.exit(main())

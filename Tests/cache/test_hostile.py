@@ -24,11 +24,12 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
+from harness import Suite, free_port
 
 SERVER = None
-RESULTS = {"passed": 0, "failed": 0}
-TESTS = []
+SUITE = Suite()
+test = SUITE.test
+TESTS = SUITE.tests
 MB = 1 << 20
 
 # How much a hostile client may grow the server's resident memory. One
@@ -37,15 +38,6 @@ MB = 1 << 20
 HOSTILE_RSS_GROWTH = 48 * MB
 
 
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def poll(condition, attempts=200, interval=0.05):
@@ -508,18 +500,7 @@ def clients_past_the_descriptor_limit_are_answered():
 
 
 def run():
-    for fn in TESTS:
-        try:
-            fn()
-            RESULTS["passed"] += 1
-            print(f"ok   {fn.__name__}")
-        except Exception:
-            RESULTS["failed"] += 1
-            print(f"FAIL {fn.__name__}")
-            traceback.print_exc()
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    return 1 if RESULTS["failed"] else 0
-
+    return SUITE.run()
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

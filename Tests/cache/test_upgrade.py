@@ -46,25 +46,17 @@ import threading
 import time
 import traceback
 
+from harness import Suite, free_port
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
 
 SERVER = None
 KHO = None
-RESULTS = {"passed": 0, "failed": 0}
-TESTS = []
+SUITE = Suite()
+test = SUITE.test
 UPGRADE_TIMES = []  # (mode, ms) of every successful `kho exec`
 
 
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FlagsSerde:
@@ -846,30 +838,14 @@ def main():
         if not os.access(path, os.X_OK):
             print(f"not executable: {path}")
             return 2
-    began = time.monotonic()
-    for fn in TESTS:
-        if ARGS.only and ARGS.only not in fn.__name__:
-            continue
-        t = time.monotonic()
-        try:
-            fn()
-            RESULTS["passed"] += 1
-            print(f"ok   {fn.__name__} ({time.monotonic() - t:.1f} s)")
-        except Exception:
-            RESULTS["failed"] += 1
-            print(f"FAIL {fn.__name__} ({time.monotonic() - t:.1f} s)")
-            traceback.print_exc()
-        sys.stdout.flush()
-    if UPGRADE_TIMES:
+    def upgrade_times():
         for mode in ("in-place", "overlapped"):
             ms = sorted(m for md, m in UPGRADE_TIMES if md == mode)
             if ms:
                 print(f"     {mode} upgrades: {len(ms)}, kho exec time min {ms[0]:.1f} ms, "
                       f"median {ms[len(ms) // 2]:.1f} ms, max {ms[-1]:.1f} ms")
-    print(f"     total {time.monotonic() - began:.1f} s")
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    return 1 if RESULTS["failed"] else 0
 
+    return SUITE.run(ARGS.only, after=upgrade_times)
 
 if __name__ == "__main__":
     sys.exit(main())
