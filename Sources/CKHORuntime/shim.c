@@ -14,6 +14,16 @@ char **ckho_environ(void) { return environ; }
 
 int ckho_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
+int ckho_socketpair_cloexec(int fds[2]) {
+  return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
+}
+
+ssize_t ckho_send_nosignal(int fd, const void *buf, size_t len, int *err) {
+  ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+  if (n < 0) *err = errno;
+  return n;
+}
+
 ssize_t ckho_send_datagram(int sock, const char *path, const void *buf, size_t len, int fd, int *err) {
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof(addr));

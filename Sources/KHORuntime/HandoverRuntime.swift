@@ -325,7 +325,14 @@ public final class HandoverRuntime: Sendable {
         _ = Self.killAndReap(pid)
         throw .freeze(error)
       }
-      _ = Handshake.goMessage.withUnsafeBytes { write(pipes.commitWrite, $0.baseAddress, $0.count) }
+      guard Handshake.commit(pipes.commitWrite) else {
+        let status = Self.killAndReap(pid)
+        throw .successorFailed(
+          pid: pid,
+          reason:
+            "it was gone when the commit was sent, after reporting ready\(status.map { "; \($0)" } ?? "")"
+        )
+      }
       notify { (n) throws(SystemCallError) in
         try n.mainPID(pid, status: "handed over to pid \(pid)")
       }

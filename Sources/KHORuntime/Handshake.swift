@@ -32,7 +32,9 @@ enum Handshake {
     static func make() throws(SystemCallError) -> Pipes {
       let ready = try pipe()
       do {
-        let commit = try pipe()
+        // A socket, not a pipe: GO to a next image that died after READY
+        // must fail with EPIPE (and roll back), not raise SIGPIPE here.
+        let commit = try socketPair()
         return Pipes(
           readyRead: ready.0, readyWrite: ready.1, commitRead: commit.0, commitWrite: commit.1)
       } catch {
@@ -55,6 +57,13 @@ enum Handshake {
       self = Pipes(readyRead: -1, readyWrite: -1, commitRead: -1, commitWrite: -1)
     }
 
+    /// The corresponding C function is `socketpair`.
+    private static func socketPair() throws(SystemCallError) -> (Int32, Int32) {
+      var fds: [Int32] = [-1, -1]
+      _ = try retryingOnInterrupt("socketpair") { ckho_socketpair_cloexec(&fds) }
+      return (fds[0], fds[1])
+    }
+
     /// The corresponding C function is `pipe2`.
     private static func pipe() throws(SystemCallError) -> (Int32, Int32) {
       var fds: [Int32] = [-1, -1]
@@ -68,6 +77,22 @@ enum Handshake {
     case ready
     case exited(String)
     case timedOut
+  }
+
+  /// Sends `GO\n`: the commit. False when the next image is gone (EPIPE):
+  /// it died after reporting ready, and nothing was handed over.
+  ///
+  /// The corresponding C function is `send` (with MSG_NOSIGNAL).
+  static func commit(_ fd: Int32) -> Bool {
+    var err: Int32 = 0
+    while true {
+      let sent = goMessage.withUnsafeBytes {
+        ckho_send_nosignal(fd, $0.baseAddress, $0.count, &err)
+      }
+      if sent == goMessage.count { return true }
+      if sent < 0 && err == EINTR { continue }
+      return false
+    }
   }
 
   /// Waits up to `timeoutMilliseconds` for `READY\n` on `fd`.

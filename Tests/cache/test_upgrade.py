@@ -16,7 +16,8 @@ while pymemcache clients write and verify continuously:
                               curr_items, generation and pid are checked.
   rollback_*                  a successor that fails (crashes with SIGSEGV,
                               exits 1, /bin/false, a binary that vanished or
-                              cannot be executed): `kho exec` exits 1 saying
+                              cannot be executed, is gone after reporting
+                              itself prepared): `kho exec` exits 1 saying
                               it rolled back; same generation, every key
                               there, the old image serving (and writable).
   writes_between_dump_and_freeze_survive  with KHO active, writes are taken at
@@ -680,7 +681,14 @@ def rollback_overlapped_successor_crashes():
         fail = write_script(svc.dir, "fail.sh", "#!/bin/sh\necho starting >&2\nexit 1\n")
         # The real server, failing after it started: an option it rejects.
         bad = write_script(svc.dir, "bad.sh", f"#!/bin/sh\nexec {SERVER} --threads 0\n")
-        for argv in ([segv], [fail], ["/bin/false"], [bad]):
+        # Prepared, then gone before the commit: it reports ready with its
+        # end of the commit channel already closed, and dies.
+        gone = write_script(svc.dir, "prepared-then-gone.py", (
+            "#!/usr/bin/env python3\nimport os, signal\n"
+            "os.close(int(os.environ['KHO_COMMIT_FD']))\n"
+            "os.write(int(os.environ['KHO_READY_FD']), b'READY\\n')\n"
+            "os.kill(os.getpid(), signal.SIGSEGV)\n"))
+        for argv in ([segv], [fail], ["/bin/false"], [bad], [gone]):
             rc, out, err = svc.kho_exec(argv, overlapped=True)
             assert_rolled_back(svc, keys, gen, pid, rc, out, err, os.path.basename(argv[0]))
         # And it can still be upgraded afterwards.

@@ -17,6 +17,14 @@ ssize_t ckho_recv_datagram(int sock, void *buf, size_t len, int *fd, int *err);
 /// pipe2(fds, O_CLOEXEC). Returns 0, or -1 with errno set.
 int ckho_pipe_cloexec(int fds[2]);
 
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds). Returns 0, or -1
+/// with errno set.
+int ckho_socketpair_cloexec(int fds[2]);
+
+/// send(fd, buf, len, MSG_NOSIGNAL): a peer that is gone gives EPIPE, not
+/// SIGPIPE. Returns the bytes sent, or -1 with *err set to errno.
+ssize_t ckho_send_nosignal(int fd, const void *buf, size_t len, int *err);
+
 /// The process environment, `environ`.
 char **ckho_environ(void);
 
