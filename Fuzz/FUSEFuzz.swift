@@ -118,6 +118,8 @@ let tree: ControlTree = {
 }()
 
 let session = Session(tree: tree)
+/// FUSE_FUZZ_TRACE=1 prints each request's answer (for reading a reproducer).
+let trace = getenv("FUSE_FUZZ_TRACE") != nil
 let headerSize = MemoryLayout<fuse_in_header>.size
 let outHeaderSize = MemoryLayout<fuse_out_header>.size
 
@@ -173,6 +175,10 @@ func serve(_ request: Request) {
     return
   }
   let payload = checkedPayload(message, unique: unique)
+  if trace {
+    let error = message.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }.error
+    print("opcode \(request.header.opcode) node \(request.header.nodeid): error \(error), \(payload?.count ?? 0) bytes")
+  }
   guard let payload else { return }  // an error reply
   switch opcode {
   case FUSE_LOOKUP:

@@ -148,7 +148,7 @@ seed_memcache() {
 }
 
 seed_fuse() {
-  cp "$ROOT"/Fuzz/corpus-fuse/* "$1/"
+  cp "$ROOT"/Fuzz/corpus-fuse/* "$1/" || return 1
   copy_regressions "$1" fuse
 }
 
