@@ -24,7 +24,8 @@
 //
 // Any input may be answered with errors; none may crash, leave a reply
 // that is not a sequence of well-formed memcached replies, or leave the
-// store inconsistent (CacheStore.checkConsistency). When time does not
+// store inconsistent (CacheStore.checkConsistency), or unable to be taken
+// over by a next image (freeze, then attach). When time does not
 // move, nothing is frozen and no line is long enough for the 2 KiB limit
 // to depend on read sizes, the replies must not depend on how the stream
 // was split into reads either.
@@ -178,7 +179,27 @@ func run(_ plan: Plan) -> [UInt8] {
   // A closed channel rightly refuses finishing twice: nothing to check.
   _ = try? channel.finish(acceptAlreadyClosed: true)
   drain()
+  handOver(store, base: base)
   return output
+}
+
+/// Whatever the commands did, the store must survive a handover: frozen,
+/// then attached by a "next image" over the same bytes, it is consistent
+/// and holds what it held.
+func handOver(_ store: CacheStore, base: UnsafeMutableRawPointer) {
+  store.freeze()
+  let before = store.stats()
+  let next: CacheStore
+  do {
+    next = try CacheStore.attach(region: CacheRegion(base: base, size: regionSize), clock: fakeClock)
+    try next.checkConsistency()
+  } catch {
+    fatalError("the next image cannot take the store over: \(error)")
+  }
+  let after = next.stats()
+  for name in ["curr_items", "bytes", "total_items", "evictions"] {
+    precondition(before[name] == after[name], "\(name) \(before[name]) became \(after[name])")
+  }
 }
 
 /// Whether the replies to `plan` cannot depend on its read boundaries: time

@@ -92,11 +92,21 @@ build_memcache() {
       --sanitize fuzzer --sanitize address --target "$t" || return 1
   done
   echo "fuzz.sh: building $bin" >&2
-  # Every object in the scratch folder: exactly the two targets' closure, as
-  # nothing else is built there.
-  local objects=() maps=() includes=() file
-  while IFS= read -r -d '' file; do objects+=("$file"); done \
-    < <(find "$build/" -path '*.build/*.o' -print0)
+  # The objects of every module built in the scratch folder: exactly the
+  # two targets' closure, as nothing else is built there. A Swift module's
+  # come from its output file map, so that the object of a source since
+  # renamed or removed is not linked; C modules have no map.
+  local objects=() maps=() includes=() file dir
+  for dir in "$build"/*.build; do
+    if [[ -f $dir/output-file-map.json ]]; then
+      while IFS= read -r file; do
+        if [[ -f $file ]]; then objects+=("$file"); fi
+      done < <(sed -n 's/^ *"object" *: *"\(.*\)",*$/\1/p' "$dir/output-file-map.json")
+    else
+      while IFS= read -r -d '' file; do objects+=("$file"); done \
+        < <(find "$dir" -name '*.o' -print0)
+    fi
+  done
   # The C modules the Swift modules import, as SwiftPM passes them.
   for file in "$build"/*.build/module.modulemap; do maps+=(-Xcc "-fmodule-map-file=$file"); done
   for file in "$SCRATCH"/checkouts/*/Sources/*/include; do includes+=(-Xcc "-I$file"); done
