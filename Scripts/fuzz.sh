@@ -24,9 +24,10 @@
 #   fdt, fuse  swiftc -sanitize=fuzzer,address compiles the module's sources
 #              with the fuzz file into one executable (for fuse, clang
 #              compiles the CFUSEKernel shim first);
-#   memcache   swift build --sanitize fuzzer --sanitize address builds
-#              KHOCacheServer, KHOCacheStore and swift-nio (NIOEmbedded too)
-#              into .build-fuzz, then swiftc compiles Fuzz/MemcacheFuzz.swift
+#   memcache   swift build -c release -Xswiftc -sanitize=fuzzer,address
+#              -Xcc -fsanitize=fuzzer-no-link,address builds KHOCacheServer,
+#              KHOCacheStore and swift-nio (NIOEmbedded too) into
+#              .build-fuzz, then swiftc compiles Fuzz/MemcacheFuzz.swift
 #              against those modules and links it with their objects.
 # Binaries are rebuilt when a source is newer.
 #
@@ -85,11 +86,14 @@ build_memcache() {
   stale "$bin" "$ROOT"/Sources/KHOCacheServer/*.swift "$ROOT"/Sources/KHOCacheStore/*.swift \
     "$ROOT/Fuzz/MemcacheFuzz.swift" "$ROOT/Package.swift" || return 0
   echo "fuzz.sh: building swift-nio and KHOCacheServer in $SCRATCH" >&2
-  # Instrumented for coverage and ASan; libraries only, so nothing links here.
+  # Instrumented for coverage and ASan; libraries only, so nothing links
+  # here. Not `--sanitize fuzzer --sanitize address`: SwiftPM passes them to
+  # swiftc as two -sanitize= flags, and the last one alone takes effect.
   local t
   for t in KHOCacheServer NIOEmbedded; do
     "$SWIFT" build --package-path "$ROOT" --scratch-path "$SCRATCH" -c release \
-      --sanitize fuzzer --sanitize address --target "$t" || return 1
+      -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address \
+      --target "$t" || return 1
   done
   echo "fuzz.sh: building $bin" >&2
   # The objects of every module built in the scratch folder: exactly the
