@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Replays memcache fuzz inputs against kho-cache and memcached 1.6, byte for byte.
+
+The fuzz target checks the grammar of kho-cache's replies, not their
+meaning; this script checks their meaning where a reference exists: for
+each input of a corpus (the format of Fuzz/MemcacheFuzz.swift: control
+header, then the command stream), both servers are started afresh (so CAS
+uniques and counters start equal), the stream is sent on one connection,
+the write side is shut, and everything up to the server's close is compared.
+
+Inputs whose replies may rightly differ are skipped: a freeze (memcached
+has none), `stats` and meta or memcached-only commands, lines past the 2 KiB
+limit (which depends on read sizes), a leading 0x80 (binary protocol), and
+retrievals with keys over 250 bytes (see comparable()).
+VERSION lines are normalised.
+
+  Fuzz/memcache_differential.py --server .build/debug/kho-cache DIR... [--limit N]
+
+Prints each input whose replies differ (with both replies), then
+"N passed, N failed"; exits 1 on a difference.
+"""
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+MEMCACHED_ONLY = {b"mg", b"ms", b"md", b"ma", b"mn", b"me", b"lru_crawler", b"slabs", b"lru",
+                  b"watch", b"cache_memlimit", b"extstore", b"misbehave", b"debugtime",
+                  b"debug", b"stats", b"verbosity"}
+
+
+def stream_of(data):
+    """The command stream of a fuzz input, or None when it freezes or is too short."""
+    if not data:
+        return None
+    control, index = data[0], 1
+    if control & 0x20:
+        return None
+    index += control & 7
+    return data[index:] if index <= len(data) else None
+
+
+def comparable(stream):
+    if not stream or stream[0] == 0x80:
+        return False
+    for line in stream.split(b"\n"):
+        if len(line) > 2000:
+            return False
+        words = line.split(b" ")
+        first = next((w for w in words if w), b"")
+        if first.rstrip(b"\r") in MEMCACHED_ONLY or b"stats" in line:
+            return False
+        # memcached answers a retrieval with a key over 250 bytes by dropping
+        # every reply not yet sent, those of earlier pipelined commands too;
+        # kho-cache drops only that command's values.
+        if first in (b"get", b"gets", b"gat", b"gats", b"bget") and any(
+                len(w.rstrip(b"\r")) > 250 for w in words):
+            return False
+    return True
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command):
+    port = free_port()
+    proc = subprocess.Popen([part.replace("PORT", str(port)) for part in command],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{command[0]} did not start")
+            time.sleep(0.005)
+
+
+def replay(port, stream):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(2)
+    s.sendall(stream)
+    s.shutdown(socket.SHUT_WR)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        out += b"<no close>"
+    s.close()
+    return re.sub(rb"VERSION [^\r]*\r\n", b"VERSION x\r\n", out)
+
+
+def stop(proc):
+    proc.terminate()
+    proc.wait(timeout=5)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True, help="path to the kho-cache binary")
+    parser.add_argument("--memcached", default="memcached")
+    parser.add_argument("--limit", type=int, default=0, help="compare at most N inputs")
+    parser.add_argument("dirs", nargs="+", help="corpus directories or files")
+    args = parser.parse_args()
+    kho = [args.server, "-p", "PORT", "-m", "16"]
+    reference = [args.memcached, "-p", "PORT", "-U", "0", "-l", "127.0.0.1", "-m", "16",
+                 "-B", "ascii"] + (["-u", "root"] if os.geteuid() == 0 else [])
+    files = []
+    for d in args.dirs:
+        files += [os.path.join(d, f) for f in sorted(os.listdir(d))] if os.path.isdir(d) else [d]
+    passed = failed = 0
+    for path in files:
+        with open(path, "rb") as f:
+            stream = stream_of(f.read())
+        if not comparable(stream):
+            continue
+        replies = []
+        for command in (kho, reference):
+            proc, port = start(command)
+            try:
+                replies.append(replay(port, stream))
+            finally:
+                stop(proc)
+        if replies[0] == replies[1]:
+            passed += 1
+        else:
+            failed += 1
+            print(f"DIFF {path}\n  stream    {stream[:400]!r}\n  kho-cache {replies[0][:400]!r}"
+                  f"\n  memcached {replies[1][:400]!r}")
+        if args.limit and passed + failed >= args.limit:
+            break
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
