@@ -44,8 +44,24 @@ def stream_of(data):
     return data[index:] if index <= len(data) else None
 
 
-def comparable(stream):
+def known_difference(stream):
+    """Differences found by this script and reported (Fuzz/regressions/memcache-diff-*),
+    skipped so that others show: memcached ends a command line at its first NUL
+    (it tokenizes a C string), kho-cache tokenizes the whole line; and
+    memcached answers `bget` without a key with ERROR, kho-cache with END."""
+    for line in stream.split(b"\n"):
+        if b"\0" in line:
+            return True
+        words = [w for w in line.rstrip(b"\r").split(b" ") if w]
+        if words == [b"bget"]:
+            return True
+    return False
+
+
+def comparable(stream, skip_known=True):
     if not stream or stream[0] == 0x80:
+        return False
+    if skip_known and known_difference(stream):
         return False
     for line in stream.split(b"\n"):
         if len(line) > 2000:
@@ -104,7 +120,9 @@ def replay(port, stream):
 
 
 def stop(proc):
-    proc.terminate()
+    # SIGKILL: memcached takes a second to end on SIGTERM, and nothing of
+    # either server needs saving.
+    proc.kill()
     proc.wait(timeout=5)
 
 
@@ -113,6 +131,8 @@ def main():
     parser.add_argument("--server", required=True, help="path to the kho-cache binary")
     parser.add_argument("--memcached", default="memcached")
     parser.add_argument("--limit", type=int, default=0, help="compare at most N inputs")
+    parser.add_argument("--all", action="store_true",
+                        help="compare the inputs of known differences too")
     parser.add_argument("dirs", nargs="+", help="corpus directories or files")
     args = parser.parse_args()
     kho = [args.server, "-p", "PORT", "-m", "16"]
@@ -123,9 +143,12 @@ def main():
         files += [os.path.join(d, f) for f in sorted(os.listdir(d))] if os.path.isdir(d) else [d]
     passed = failed = 0
     for path in files:
-        with open(path, "rb") as f:
-            stream = stream_of(f.read())
-        if not comparable(stream):
+        try:
+            with open(path, "rb") as f:
+                stream = stream_of(f.read())
+        except FileNotFoundError:  # a live corpus: libFuzzer replaced it
+            continue
+        if not comparable(stream, skip_known=not args.all):
             continue
         replies = []
         for command in (kho, reference):
