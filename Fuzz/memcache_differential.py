@@ -6,7 +6,8 @@ meaning; this script checks their meaning where a reference exists: for
 each input of a corpus (the format of Fuzz/MemcacheFuzz.swift: control
 header, then the command stream), both servers are started afresh (so CAS
 uniques and counters start equal), the stream is sent on one connection,
-the write side is shut, and everything up to the server's close is compared.
+and everything the server answers (until it closes or falls silent) is
+compared.
 
 Inputs whose replies may rightly differ are skipped: a freeze (memcached
 has none), `stats` and meta or memcached-only commands, lines past the 2 KiB
@@ -17,7 +18,10 @@ VERSION lines are normalised.
   Fuzz/memcache_differential.py --server .build/debug/kho-cache DIR... [--limit N]
 
 Prints each input whose replies differ (with both replies), then
-"N passed, N failed"; exits 1 on a difference.
+"N passed, N failed"; exits 1 on a difference. memcached holds its queued
+replies while it waits for the rest of a data block, kho-cache does not: an
+input after which memcached is still waiting agrees when memcached's
+replies are a prefix of kho-cache's (counted apart, as "held").
 """
 
 import argparse
@@ -100,21 +104,27 @@ def start(command):
             time.sleep(0.005)
 
 
-def replay(port, stream):
+def replay(port, stream, idle=0.15):
+    """Everything the server sends in answer to `stream`, until it closes
+    (b"<EOF>" appended) or is silent for `idle` seconds. Not a half-close
+    after the stream: memcached drops the replies it has queued when the
+    client's EOF comes while it waits for a data block."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.settimeout(2)
     s.sendall(stream)
-    s.shutdown(socket.SHUT_WR)
+    s.settimeout(idle)
     out = b""
     try:
         while True:
             chunk = s.recv(1 << 20)
             if not chunk:
+                out += b"<EOF>"
                 break
             out += chunk
-    except (socket.timeout, ConnectionResetError):
-        out += b"<no close>"
+    except socket.timeout:
+        pass
+    except ConnectionResetError:
+        out += b"<RST>"
     s.close()
     return re.sub(rb"VERSION [^\r]*\r\n", b"VERSION x\r\n", out)
 
@@ -141,7 +151,7 @@ def main():
     files = []
     for d in args.dirs:
         files += [os.path.join(d, f) for f in sorted(os.listdir(d))] if os.path.isdir(d) else [d]
-    passed = failed = 0
+    passed = failed = held = 0
     for path in files:
         try:
             with open(path, "rb") as f:
@@ -157,14 +167,22 @@ def main():
                 replies.append(replay(port, stream))
             finally:
                 stop(proc)
-        if replies[0] == replies[1]:
+        kho_reply, reference_reply = replies
+        if kho_reply == reference_reply:
             passed += 1
+        elif (kho_reply.startswith(reference_reply) and not reference_reply.endswith(b">")
+              and not kho_reply.endswith(b">")):
+            # memcached holds every queued reply while it waits for the rest
+            # of a data block (or swallows one); kho-cache sends them at once.
+            # What memcached did send agrees: not a difference.
+            held += 1
         else:
             failed += 1
             print(f"DIFF {path}\n  stream    {stream[:400]!r}\n  kho-cache {replies[0][:400]!r}"
                   f"\n  memcached {replies[1][:400]!r}")
         if args.limit and passed + failed >= args.limit:
             break
+    print(f"({held} more agreed as far as memcached answered before waiting for data)")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
