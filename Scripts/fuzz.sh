@@ -32,7 +32,8 @@
 # Binaries are rebuilt when a source is newer.
 #
 # Output in $FUZZ_OUT (fuzz-out/) per target: the growing corpus, seeds,
-# crash artifacts, last-run.log. Exits non-zero if libFuzzer finds a
+# crash artifacts, last-run.log. Fuzz/memcache_differential.py then replays
+# fuzz-out/memcache/corpus against kho-cache and memcached, byte for byte. Exits non-zero if libFuzzer finds a
 # crash, a leak, a timeout or an OOM in any target.
 set -euo pipefail
 
