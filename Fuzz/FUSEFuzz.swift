@@ -177,7 +177,9 @@ func serve(_ request: Request) {
   let payload = checkedPayload(message, unique: unique)
   if trace {
     let error = message.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }.error
-    print("opcode \(request.header.opcode) node \(request.header.nodeid): error \(error), \(payload?.count ?? 0) bytes")
+    print(
+      "opcode \(request.header.opcode) node \(request.header.nodeid): error \(error), \(payload?.count ?? 0) bytes"
+    )
   }
   guard let payload else { return }  // an error reply
   switch opcode {
@@ -231,7 +233,8 @@ func negotiate(_ request: Request) {
     expect(payload ?? [], MemoryLayout<fuse_init_out>.size, request)
     let out = payload!.withUnsafeBytes { $0.loadUnaligned(as: fuse_init_out.self) }
     precondition(out.major == FUSE_KERNEL_VERSION && out.minor == agreed.minor)
-    precondition((Handshake.minimumMinor...UInt32(FUSE_KERNEL_MINOR_VERSION)).contains(agreed.minor))
+    precondition(
+      (Handshake.minimumMinor...UInt32(FUSE_KERNEL_MINOR_VERSION)).contains(agreed.minor))
     precondition(agreed.flags & ~Handshake.wantedFlags == 0, "agreed to flags we did not ask for")
     precondition(out.max_write == agreed.maxWrite)
     do {

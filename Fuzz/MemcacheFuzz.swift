@@ -103,7 +103,8 @@ public func memcacheFuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
     let again = run(single)
     precondition(
       again == output,
-      "replies depend on read boundaries:\nsplit:\n\(printable(output))\nwhole:\n\(printable(again))")
+      "replies depend on read boundaries:\nsplit:\n\(printable(output))\nwhole:\n\(printable(again))"
+    )
   }
   return 0
 }
@@ -191,7 +192,8 @@ func handOver(_ store: CacheStore, base: UnsafeMutableRawPointer) {
   let before = store.stats()
   let next: CacheStore
   do {
-    next = try CacheStore.attach(region: CacheRegion(base: base, size: regionSize), clock: fakeClock)
+    next = try CacheStore.attach(
+      region: CacheRegion(base: base, size: regionSize), clock: fakeClock)
     try next.checkConsistency()
   } catch {
     fatalError("the next image cannot take the store over: \(error)")

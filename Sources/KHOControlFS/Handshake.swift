@@ -72,10 +72,12 @@ enum Handshake {
           "kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)"))
     }
     let flags = wantedFlags & kernelFlags(offered)
-    let reply = replyMessage(unique: unique, payload: bytes(of: initOut(minor: minor, flags: flags)))
+    let reply = replyMessage(
+      unique: unique, payload: bytes(of: initOut(minor: minor, flags: flags)))
     return .agree(
       reply: reply,
-      ControlConnectionState(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint))
+      ControlConnectionState(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
+    )
   }
 
   /// The kernel's flags, flags2 in the high half when it has them.
