@@ -77,6 +77,10 @@ def comparable(stream, skip_known=True):
         # memcached answers a retrieval with a key over 250 bytes by dropping
         # every reply not yet sent, those of earlier pipelined commands too;
         # kho-cache drops only that command's values.
+        # A line ending in HTTP/... closes both; memcached drops the replies
+        # of earlier pipelined commands it has not sent yet, kho-cache sends them.
+        if words and words[-1].startswith(b"HTTP/"):
+            return False
         if first in (b"get", b"gets", b"gat", b"gats", b"bget") and any(
                 len(w.rstrip(b"\r")) > 250 for w in words):
             return False
