@@ -46,8 +46,10 @@ bench-upgrade: deps
 	$(SWIFT) build -c release --product kho
 	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
 
+# Every libFuzzer target (FUZZ_TARGET=fdt|memcache|fuse for one), each for
+# FUZZ_TIME seconds.
 fuzz: deps
-	Scripts/fuzz.sh $(or $(FUZZ_TIME),60)
+	Scripts/fuzz.sh $(or $(FUZZ_TARGET),all) $(or $(FUZZ_TIME),60)
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

@@ -383,20 +383,12 @@ public final class ControlMount: Sendable {
       defer { (shared.inFlightWrite, shared.forwarded) = (nil, false) }
       return shared.forwarded
     }
-    let unique = request.header.unique
-    switch outcome {
-    case .reply(let payload):
-      // A forwarded write is the next image's to answer.
-      if forwarded { return false }
-      _ = writeMessage(fileDescriptor, replyMessage(unique: unique, payload: payload))
-    case .error(let error):
-      _ = writeMessage(fileDescriptor, replyMessage(unique: unique, errno: error))
-    case .noReply:
-      break
-    case .destroy:
-      _ = writeMessage(fileDescriptor, replyMessage(unique: unique))
-      return false
+    // A forwarded write is the next image's to answer.
+    if case .reply = outcome, forwarded { return false }
+    if let message = outcome.message(unique: request.header.unique) {
+      _ = writeMessage(fileDescriptor, message)
     }
+    if case .destroy = outcome { return false }
     return !shared.withLock { $0.stopRequested }
   }
 }

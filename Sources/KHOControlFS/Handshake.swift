@@ -31,27 +31,53 @@ enum Handshake {
     var buffer = [UInt8](repeating: 0, count: Int(maxWrite) + Int(FUSE_MIN_READ_BUFFER))
     while true {
       let request = try readInit(fd: fd, buffer: &buffer)
-      let offered = request.paddedArgument(fuse_init_in.self)
-      if offered.major > FUSE_KERNEL_VERSION {
-        // The kernel resends INIT with our major version.
-        try send(
-          fd,
-          replyMessage(
-            unique: request.header.unique, payload: bytes(of: initOut(minor: 0, flags: 0))))
-        continue
+      switch answer(request, mountPoint: mountPoint) {
+      case .retry(let reply):
+        try send(fd, reply)
+      case .refuse(let reply, let error):
+        try send(fd, reply)
+        throw error
+      case .agree(let reply, let state):
+        try send(fd, reply)
+        return state
       }
-      let minor = min(offered.minor, UInt32(FUSE_KERNEL_MINOR_VERSION))
-      guard offered.major == FUSE_KERNEL_VERSION, minor >= minimumMinor else {
-        try send(fd, replyMessage(unique: request.header.unique, errno: EPROTO))
-        throw .protocolMismatch(
-          "kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)")
-      }
-      let flags = wantedFlags & kernelFlags(offered)
-      let reply = initOut(minor: minor, flags: flags)
-      try send(fd, replyMessage(unique: request.header.unique, payload: bytes(of: reply)))
-      return ControlConnectionState(
-        minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
     }
+  }
+
+  /// What to do with one FUSE_INIT request.
+  enum InitAnswer {
+    /// Send the reply and wait for the next INIT: the kernel offered a newer
+    /// major version and resends INIT with ours.
+    case retry(reply: [UInt8])
+    /// Send the reply (EPROTO) and give up.
+    case refuse(reply: [UInt8], ControlMountError)
+    /// Send the reply; the connection is set up as the state says.
+    case agree(reply: [UInt8], ControlConnectionState)
+  }
+
+  /// The negotiation of one FUSE_INIT, without I/O (the seam the fuzzer
+  /// drives too).
+  static func answer(_ request: Request, mountPoint: String) -> InitAnswer {
+    let unique = request.header.unique
+    let offered = request.paddedArgument(fuse_init_in.self)
+    if offered.major > FUSE_KERNEL_VERSION {
+      return .retry(
+        reply: replyMessage(unique: unique, payload: bytes(of: initOut(minor: 0, flags: 0))))
+    }
+    let minor = min(offered.minor, UInt32(FUSE_KERNEL_MINOR_VERSION))
+    guard offered.major == FUSE_KERNEL_VERSION, minor >= minimumMinor else {
+      return .refuse(
+        reply: replyMessage(unique: unique, errno: EPROTO),
+        .protocolMismatch(
+          "kernel speaks \(offered.major).\(offered.minor), need 7.\(minimumMinor)"))
+    }
+    let flags = wantedFlags & kernelFlags(offered)
+    let reply = replyMessage(
+      unique: unique, payload: bytes(of: initOut(minor: minor, flags: flags)))
+    return .agree(
+      reply: reply,
+      ControlConnectionState(minor: minor, flags: flags, maxWrite: maxWrite, mountPoint: mountPoint)
+    )
   }
 
   /// The kernel's flags, flags2 in the high half when it has them.

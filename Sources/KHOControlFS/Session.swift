@@ -18,6 +18,19 @@ enum Outcome {
   case destroy
 }
 
+extension Outcome {
+  /// The message the serving loop writes back for the request `unique`, or
+  /// `nil` when the request takes no reply.
+  func message(unique: UInt64) -> [UInt8]? {
+    switch self {
+    case .reply(let payload): replyMessage(unique: unique, payload: payload)
+    case .error(let errno): replyMessage(unique: unique, errno: errno)
+    case .noReply: nil
+    case .destroy: replyMessage(unique: unique)
+    }
+  }
+}
+
 /// Answers requests from a ``ControlTree``: the file system's semantics,
 /// without any I/O on /dev/fuse (the serving loop does that).
 struct Session {
