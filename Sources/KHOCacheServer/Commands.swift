@@ -71,7 +71,8 @@ extension MemcacheHandler {
     } else if command.equals("prepend") {
       return n == 6 || n == 7 ? parseStore(.prepend, line, tokens) : reply("ERROR")
     } else if command.equals("bget") {
-      return retrieve(line, tokens, cas: false, touch: false)
+      // memcached's WANT_TOKENS_MIN(ntokens, 3): a key at least.
+      return n >= 3 ? retrieve(line, tokens, cas: false, touch: false) : reply("ERROR")
     } else if command.equals("flush_all") {
       return (2...4).contains(n) ? flushAll(line, tokens) : reply("ERROR")
     } else if command.equals("version") {

@@ -184,6 +184,8 @@ def pymemcache_noreply_pipeline():
 # --- exact replies on raw sockets (as memcached 1.6.18 answers) ---------------
 
 RAW = [
+    # memcached wants a key after bget (found by Fuzz/memcache_differential.py).
+    (b"bget\r\n", b"ERROR\r\n"),
     (b"set a 1 0 3\r\nabc\r\nget a\r\n", b"STORED\r\nVALUE a 1 3\r\nabc\r\nEND\r\n"),
     (b"set a 1 0 3\r\nabcde\r\nget a\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\nVALUE a 1 3\r\nabc\r\nEND\r\n"),
     (b"set " + b"k" * 251 + b" 0 0 1\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
