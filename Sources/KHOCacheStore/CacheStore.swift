@@ -159,6 +159,26 @@ public final class CacheStore: @unchecked Sendable {
     return CacheStore(region: region, core: core)
   }
 
+  // MARK: Crash tests
+
+  /// The points in the middle of a mutation where ``setCrashHook(_:)``'s
+  /// hook is called.
+  public enum CrashPoint {
+    /// A storage command, between unlinking the old item and linking the new.
+    public static let midSet = "mid-set"
+    /// An eviction, with the item out of its hash chain but not its LRU.
+    public static let midEviction = "mid-eviction"
+    /// Every point.
+    public static let all = [midSet, midEviction]
+  }
+
+  /// For crash tests only: `hook` is called, with the store lock held, at
+  /// each ``CrashPoint`` a mutation reaches; a test's hook kills the
+  /// process there (`KHO_CRASH_AT` in KHORuntime's `FaultInjection`).
+  public func setCrashHook(_ hook: (@Sendable (String) -> Void)?) {
+    locked { $0.crashHook = hook }
+  }
+
   // MARK: KHO integration
 
   /// The format version, for the KHO node.

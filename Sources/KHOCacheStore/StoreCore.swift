@@ -17,6 +17,10 @@ final class StoreCore {
   let chunkTable: ChunkTable
   /// Told about every piece of damage found, with the store lock held.
   let damageHandler: (@Sendable (String) -> Void)?
+  /// For crash tests: called at named points in the middle of a mutation
+  /// (`CacheStore.crashPoints`), where a process may be killed to leave
+  /// the region as a crash there would. nil outside such tests.
+  var crashHook: (@Sendable (String) -> Void)?
   /// Mirrors the header's state word; checked by every mutation.
   var frozen = false
   /// The cache clock of the operation in progress (set by `tick`).
@@ -359,6 +363,8 @@ final class StoreCore {
   func detach(_ item: Int, reason: UnlinkReason) -> Int {
     let classId = self.classId(item)
     hashRemove(item)
+    // Out of its chain, still in its LRU and counted.
+    if reason == .evicted { crashHook?(CacheStore.CrashPoint.midEviction) }
     lruRemove(item, classId)
     memory.setU8(item + ItemField.itemFlags, 0)
     count(.currItems, -1)
@@ -531,6 +537,9 @@ final class StoreCore {
   /// Puts `item` in place of `old` (0 if none), with a fresh CAS.
   func replace(_ old: Int, with item: Int) {
     if old != 0 { unlink(old, reason: .removed) }
+    // Between the old item's unlink and the new one's link: the key has
+    // no value at all for a moment.
+    crashHook?(CacheStore.CrashPoint.midSet)
     memory.setU64(item + ItemField.cas, nextCas())
     link(item)
   }

@@ -141,6 +141,7 @@ public final class HandoverRuntime: Sendable {
     }
     let kho = try KHO.boot(
       options, crashed: keptArena.map { FileDescriptor(rawValue: $0) }, logger: logger)
+    if kho.incoming?.kind == .handover { FaultInjection.reach(FaultInjection.afterExec) }
     if let keptArena, keptArena != kho.arena.fd.rawValue { close(keptArena) }
     let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
     // A handover's exec keeps only the fds it names: anything else open in
@@ -260,11 +261,13 @@ public final class HandoverRuntime: Sendable {
       if !kho.outgoing.isActive {
         do { try kho.outgoing.serialize() } catch { throw .serialize(error) }
       }
+      FaultInjection.reach(FaultInjection.afterDump)
       let location: HandoverLocation
       do { location = try kho.load() } catch { throw .load(error) }
       switch mode {
       case .inPlace:
         do { try kho.outgoing.freeze() } catch { throw .freeze(error) }
+        FaultInjection.reach(FaultInjection.afterFreeze)
         throw .launch(execInPlace(image, location))
       case .overlapped(let timeout):
         return try overlapped(image, location, timeout)
@@ -325,6 +328,7 @@ public final class HandoverRuntime: Sendable {
         _ = Self.killAndReap(pid)
         throw .freeze(error)
       }
+      FaultInjection.reach(FaultInjection.afterFreeze)
       guard Handshake.commit(pipes.commitWrite) else {
         let status = Self.killAndReap(pid)
         throw .successorFailed(

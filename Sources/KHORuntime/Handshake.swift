@@ -127,7 +127,7 @@ enum Handshake {
 
   /// In the next image: reports ready and waits for the old image to
   /// commit. Returns `false` if the old image aborted the handover (it then
-  /// kills this process anyway).
+  /// kills this process anyway) or died before committing.
   static func reportReadyAndAwaitCommit(readyFD: Int32, commitFD: Int32) -> Bool {
     _ = readyMessage.withUnsafeBytes { write(readyFD, $0.baseAddress, $0.count) }
     close(readyFD)
@@ -136,9 +136,12 @@ enum Handshake {
       let got = read(commitFD, &buffer, buffer.count)
       if got < 0 && errno == EINTR { continue }
       close(commitFD)
-      // EOF means the old image is gone: it committed, or died after we
-      // were ready. Either way the state is ours now.
-      return got <= 0 || buffer[..<got].starts(with: goMessage)
+      // Only GO commits. EOF without it means the old image died between
+      // our READY and its commit, with its state possibly frozen or not:
+      // taking over now could race a keeper that restarts the service from
+      // the same arena (systemd or `kho run` see their main process die),
+      // so this image stands down and the restart recovers the state.
+      return got > 0 && buffer[..<got].starts(with: goMessage)
     }
   }
 

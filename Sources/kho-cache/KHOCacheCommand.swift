@@ -121,6 +121,9 @@ struct KHOCacheCommand: ParsableCommand {
       try adopted
       ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
     let items = store.stats()["curr_items"]
+    if FaultInjection.isArmed {
+      store.setCrashHook { FaultInjection.reach($0) }
+    }
     try registerWithKHO(store, runtime.kho)
     preserveAcrossCrash(store, runtime.kho, logger: logger)
 
