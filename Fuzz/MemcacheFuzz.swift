@@ -96,13 +96,16 @@ public func memcacheFuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
     fatalError("malformed reply stream: \(problem)\n\(printable(output))")
   }
   // The same stream in one read must be answered the same, when nothing
-  // else can make the answers differ.
+  // else can make the answers differ; except that, as memcached does, the
+  // replies of a read are held while a refused data block is swallowed, so
+  // a stream that ends inside one may have released fewer of them: one
+  // answer must then be the start of the other.
   if plan.reads.count > 1 && splitInvariant(plan) {
     var single = plan
     single.reads = [plan.stream.startIndex..<plan.stream.endIndex]
     let again = run(single)
     precondition(
-      again == output,
+      again.starts(with: output) || output.starts(with: again),
       "replies depend on read boundaries:\nsplit:\n\(printable(output))\nwhole:\n\(printable(again))"
     )
   }

@@ -75,6 +75,13 @@ public final class CacheServerContext: Sendable {
     self.startedAt = Int64(ts.tv_sec)
   }
 
+  // A context that goes away must not leave its reserve descriptor open
+  // (found by the memcache fuzzer: one context per input ran out of fds).
+  deinit {
+    let fd = reserveDescriptor.load(ordering: .relaxed)
+    if fd >= 0 { close(fd) }
+  }
+
   /// Connections open now.
   public var openConnections: Int { currConnections.load(ordering: .relaxed) }
 
