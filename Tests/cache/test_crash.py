@@ -121,6 +121,17 @@ class Kept:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def all_threads_stopped(pid):
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+        return True
+    except OSError:
+        return False
+
+
 def kill_and_wait_for_restart(kept, pid):
     os.kill(pid, signal.SIGKILL)
     for _ in range(2000):
@@ -240,6 +251,13 @@ def keeper_holds_clients():
         # listener's backlog, which the keeper's copy of the listener keeps
         # when the image is killed. The next image accepts and serves it.
         os.kill(pid, signal.SIGSTOP)
+        # The signal is asynchronous: wait until every thread is stopped, or
+        # an event loop could still accept the connection below.
+        for _ in range(2000):
+            if all_threads_stopped(pid):
+                break
+            time.sleep(0.001)
+        assert all_threads_stopped(pid), "SIGSTOP did not stop the cache"
         waiting = socket.create_connection(("127.0.0.1", kept.port), timeout=30)
         waiting.sendall(b"get held\r\n")
         os.kill(pid, signal.SIGKILL)
