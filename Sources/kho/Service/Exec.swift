@@ -128,7 +128,7 @@ struct Exec: ParsableCommand {
     let start = Service.now()
     do {
       try files.write(ControlFiles.Path.kexecExecute, "1\n")
-    } catch where error.errno == ECONNABORTED || error.errno == ENOTCONN {
+    } catch  where error.errno == ECONNABORTED || error.errno == ENOTCONN {
       // The connection that carried the write is gone: the old image died,
       // or the next one could not adopt the connection and mounted the
       // files anew. Which one, the wait below tells.
