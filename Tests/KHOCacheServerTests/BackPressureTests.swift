@@ -12,32 +12,16 @@ import Testing
 /// command (a multi-get stops between keys) and reads nothing; when it is
 /// writable again the rest follows, whole and in order.
 @Suite struct BackPressureTests {
-  let channel = EmbeddedChannel()
-  let store: CacheStore
+  let fixture: HandlerFixture
 
   init() throws {
-    let size = 4 << 20
-    let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)!
-    store = try CacheStore.format(
-      region: CacheRegion(base: base, size: size), itemSizeMax: 64 << 10)
-    var configuration = CacheServerConfiguration()
-    configuration.outputFlushThreshold = 1000
-    let context = CacheServerContext(store: store, configuration: configuration)
-    try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))
-    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    fixture = try HandlerFixture(storeSize: 4 << 20) { $0.outputFlushThreshold = 1000 }
   }
 
-  func send(_ text: String) throws {
-    try channel.writeInbound(channel.allocator.buffer(string: text))
-  }
-
-  func received() throws -> String {
-    var text = ""
-    while var buffer = try channel.readOutbound(as: ByteBuffer.self) {
-      text += buffer.readString(length: buffer.readableBytes)!
-    }
-    return text
-  }
+  var channel: EmbeddedChannel { fixture.channel }
+  var store: CacheStore { fixture.store }
+  func send(_ text: String) throws { try fixture.send(text) }
+  func received() throws -> String { try fixture.received() }
 
   func setWritable(_ writable: Bool) {
     channel.isWritable = writable

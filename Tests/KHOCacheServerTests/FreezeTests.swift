@@ -11,32 +11,16 @@ import Testing
 /// The protocol side of a freeze: mutations wait (reads do not), then
 /// complete on unfreeze, or fail after the limit.
 @Suite struct FreezeTests {
-  let store: CacheStore
-  let channel = EmbeddedChannel()
+  let fixture: HandlerFixture
 
   init() throws {
-    let size = 2 << 20
-    let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)!
-    store = try CacheStore.format(
-      region: CacheRegion(base: base, size: size), itemSizeMax: 64 << 10)
-    var configuration = CacheServerConfiguration()
-    configuration.frozenWaitLimit = .seconds(1)
-    let context = CacheServerContext(store: store, configuration: configuration)
-    try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))
-    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    fixture = try HandlerFixture(storeSize: 2 << 20) { $0.frozenWaitLimit = .seconds(1) }
   }
 
-  func send(_ text: String) throws {
-    try channel.writeInbound(channel.allocator.buffer(string: text))
-  }
-
-  func received() throws -> String {
-    var text = ""
-    while var buffer = try channel.readOutbound(as: ByteBuffer.self) {
-      text += buffer.readString(length: buffer.readableBytes)!
-    }
-    return text
-  }
+  var channel: EmbeddedChannel { fixture.channel }
+  var store: CacheStore { fixture.store }
+  func send(_ text: String) throws { try fixture.send(text) }
+  func received() throws -> String { try fixture.received() }
 
   @Test func mutationWaitsForUnfreeze() throws {
     try send("set a 0 0 1\r\nx\r\n")
