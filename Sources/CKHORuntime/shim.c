@@ -2,6 +2,7 @@
 #include "CKHORuntime.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -13,6 +14,8 @@ extern char **environ;
 char **ckho_environ(void) { return environ; }
 
 int ckho_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int ckho_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
 int ckho_socketpair_cloexec(int fds[2]) {
   return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);

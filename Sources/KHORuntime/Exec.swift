@@ -197,18 +197,12 @@ struct AddressSpaceHolder {
     guard let value = Environment.value(of: environmentName) else { return }
     unsetenv(environmentName)
     guard let pid = pid_t(value), pid > 0 else { return }
-    var thread = pthread_t()
-    let started = pthread_create(
-      &thread, nil,
-      { argument in
-        let pid = pid_t(truncatingIfNeeded: Int(bitPattern: argument))
+    do {
+      try DetachedThread.start(name: "kho-reap-mm") {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return nil
-      }, UnsafeMutableRawPointer(bitPattern: Int(pid)))
-    if started == 0 {
-      pthread_detach(thread)
-    } else {
+      }
+    } catch {
       // No thread: reap it here rather than leave a zombie.
       var status: Int32 = 0
       while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

@@ -356,11 +356,18 @@ public final class ServiceControl: Sendable {
       current.stop()
       let hooks = self.hooks
       let mount = current
-      let thread = Thread {
-        mount.stop()  // joins the serving thread: the reply is out
+      do {
+        try DetachedThread.start(name: "kho-committed") {
+          mount.stop()  // joins the serving thread: the reply is out
+          hooks.committed()
+        }
+      } catch {
+        // Without a thread to wait for the reply, leave without it: the
+        // writer sees its connection go, and `kho exec` then waits for the
+        // next image's generation, which this one already serves.
+        logger.error("kho: \(error); exiting without answering the execute write")
         hooks.committed()
       }
-      thread.start()
     } catch {
       hooks.resumeServing()
       throw FileError(errno: Self.errno(for: error))
@@ -377,24 +384,5 @@ public final class ServiceControl: Sendable {
     case .timedOut: return ETIMEDOUT
     case .busy: return EBUSY
     }
-  }
-}
-
-/// A plain pthread: the serving thread must be joined from elsewhere.
-final class Thread: @unchecked Sendable {
-  private let body: @Sendable () -> Void
-  init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-
-  func start() {
-    var thread = pthread_t()
-    let context = Unmanaged.passRetained(self).toOpaque()
-    pthread_create(
-      &thread, nil,
-      { raw in
-        let me = Unmanaged<Thread>.fromOpaque(raw!).takeRetainedValue()
-        me.body()
-        return nil
-      }, context)
-    pthread_detach(thread)
   }
 }

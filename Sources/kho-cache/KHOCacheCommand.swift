@@ -148,7 +148,7 @@ struct KHOCacheCommand: ParsableCommand {
       terminate: {
         control?.unmount()
         exitNow(0)
-      })
+      }, logger: logger)
     try channel.closeFuture.wait()
   }
 

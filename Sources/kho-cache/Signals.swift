@@ -1,3 +1,6 @@
+import KHORuntime
+import Logging
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -18,24 +21,31 @@ enum Signals {
   /// Starts the thread that waits for SIGHUP (upgrade) and SIGTERM/SIGINT
   /// (stop).
   static func handle(
-    hangup: @escaping @Sendable () -> Void, terminate: @escaping @Sendable () -> Void
+    hangup: @escaping @Sendable () -> Void, terminate: @escaping @Sendable () -> Void,
+    logger: Logger
   ) {
-    let box = Unmanaged.passRetained(Handlers(hangup: hangup, terminate: terminate)).toOpaque()
-    var thread = pthread_t()
-    pthread_create(
-      &thread, nil,
-      { raw in
-        let handlers = Unmanaged<Handlers>.fromOpaque(raw!).takeRetainedValue()
+    let signals = [SIGHUP, SIGTERM, SIGINT]
+    do {
+      try DetachedThread.start(name: "kho-signals") {
         var set = sigset_t()
         sigemptyset(&set)
-        for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&set, s) }
+        for s in signals { sigaddset(&set, s) }
         while true {
           var signal: Int32 = 0
           guard sigwait(&set, &signal) == 0 else { continue }
-          if signal == SIGHUP { handlers.hangup() } else { handlers.terminate() }
+          if signal == SIGHUP { hangup() } else { terminate() }
         }
-      }, box)
-    pthread_detach(thread)
+      }
+    } catch {
+      // Blocked with nobody to take them, SIGTERM could never stop the
+      // server: give them their default actions back (SIGHUP then stops
+      // it too, rather than upgrading).
+      logger.error("kho-cache: no signal thread (\(error)); SIGHUP and SIGTERM now just stop it")
+      var set = sigset_t()
+      sigemptyset(&set)
+      for s in signals { sigaddset(&set, s) }
+      pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
   }
 
   private final class Handlers: Sendable {

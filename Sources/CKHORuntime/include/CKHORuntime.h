@@ -25,6 +25,10 @@ int ckho_socketpair_cloexec(int fds[2]);
 /// SIGPIPE. Returns the bytes sent, or -1 with *err set to errno.
 ssize_t ckho_send_nosignal(int fd, const void *buf, size_t len, int *err);
 
+/// pthread_setname_np(pthread_self(), name): at most 15 bytes shown.
+/// Returns 0 or the error number.
+int ckho_set_thread_name(const char *name);
+
 /// The process environment, `environ`.
 char **ckho_environ(void);
 
