@@ -137,7 +137,7 @@ public final class PageAllocator: Sendable {
         let usable = Self.intersect(extent, limit)
         guard usable.length >= bytes else { continue }
         let taken = usable.lowerBound..<(usable.lowerBound + bytes)
-        state.free.replaceSubrange(i...i, with: Self.subtract(taken, from: extent))
+        state.free.replaceSubrange(i...i, with: extent.removing(taken))
         return .success(taken)
       }
       let largest = state.free.map { Self.intersect($0, limit).length }.max() ?? 0
@@ -156,7 +156,7 @@ public final class PageAllocator: Sendable {
       guard let i = Self.index(of: range.lowerBound, in: state.free),
         state.free[i].upperBound >= range.upperBound
       else { return .failure(.notFree(range)) }
-      state.free.replaceSubrange(i...i, with: Self.subtract(range, from: state.free[i]))
+      state.free.replaceSubrange(i...i, with: state.free[i].removing(range))
       return .success(())
     }
     try result.get()
@@ -243,14 +243,16 @@ public final class PageAllocator: Sendable {
     let high = min(a.upperBound, b.upperBound)
     return low < high ? low..<high : low..<low
   }
+}
 
-  /// `extent` without `taken` (which lies inside it): zero, one or two pieces.
-  private static func subtract(_ taken: Range<UInt64>, from extent: Range<UInt64>) -> [Range<
-    UInt64
-  >] {
+extension Range<UInt64> {
+  /// This range without `taken`: itself when they do not overlap, else
+  /// zero, one or two pieces.
+  func removing(_ taken: Range<UInt64>) -> [Range<UInt64>] {
+    guard taken.overlaps(self) else { return [self] }
     var pieces: [Range<UInt64>] = []
-    if extent.lowerBound < taken.lowerBound { pieces.append(extent.lowerBound..<taken.lowerBound) }
-    if taken.upperBound < extent.upperBound { pieces.append(taken.upperBound..<extent.upperBound) }
+    if lowerBound < taken.lowerBound { pieces.append(lowerBound..<taken.lowerBound) }
+    if taken.upperBound < upperBound { pieces.append(taken.upperBound..<upperBound) }
     return pieces
   }
 }

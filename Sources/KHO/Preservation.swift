@@ -320,7 +320,7 @@ public final class KHOPreservation: Sendable {
   public func unpreserve(_ range: Range<UInt64>) throws(PreservationError) {
     let pages = try checked(range)
     try update { state throws(PreservationError) in
-      state.ranges = state.ranges.flatMap { Self.subtract(pages, from: $0) }
+      state.ranges = state.ranges.flatMap { $0.removing(pages) }
       state.subtrees.removeAll { sub in
         !state.ranges.contains {
           $0.lowerBound <= sub.at.lowerBound && sub.at.upperBound <= $0.upperBound
@@ -459,14 +459,6 @@ public final class KHOPreservation: Sendable {
     }
     result.append(merged)
     return result.sorted { $0.lowerBound < $1.lowerBound }
-  }
-
-  static func subtract(_ taken: Range<UInt64>, from extent: Range<UInt64>) -> [Range<UInt64>] {
-    guard taken.overlaps(extent) else { return [extent] }
-    var rest: [Range<UInt64>] = []
-    if extent.lowerBound < taken.lowerBound { rest.append(extent.lowerBound..<taken.lowerBound) }
-    if taken.upperBound < extent.upperBound { rest.append(taken.upperBound..<extent.upperBound) }
-    return rest
   }
 
   static func isValidName(_ name: String) -> Bool {

@@ -82,15 +82,8 @@ enum ProcessLauncher {
   /// and lacks it; returns those fds with their previous flags, for
   /// `restore`.
   private static func closeOnExecExcept(_ keep: [Int32]) -> [(Int32, Int32)] {
-    guard let dir = opendir("/proc/self/fd") else { return [] }
-    defer { closedir(dir) }
-    let own = dirfd(dir)
     var changed: [(Int32, Int32)] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
-      }
-      guard let fd = Int32(name), fd > 2, fd != own, !keep.contains(fd) else { continue }
+    for fd in openDescriptors() where fd > 2 && !keep.contains(fd) {
       let flags = fcntl(fd, F_GETFD)
       guard flags != -1, flags & FD_CLOEXEC == 0 else { continue }
       if fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 { changed.append((fd, flags)) }
@@ -184,8 +177,7 @@ struct AddressSpaceHolder {
   /// The corresponding C functions are `close`, `waitpid` and `munmap`.
   func stop() {
     close(writeEnd)
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = reap(pid)
     munmap(stack, Self.stackSize)
   }
 
@@ -198,14 +190,36 @@ struct AddressSpaceHolder {
     unsetenv(environmentName)
     guard let pid = pid_t(value), pid > 0 else { return }
     do {
-      try DetachedThread.start(name: "kho-reap-mm") {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-      }
+      try DetachedThread.start(name: "kho-reap-mm") { _ = reap(pid) }
     } catch {
       // No thread: reap it here rather than leave a zombie.
-      var status: Int32 = 0
-      while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+      _ = reap(pid)
     }
   }
+}
+
+/// Waits for the child `pid` to end (`waitpid`, EINTR retried); its wait
+/// status, or nil if it is not a child of this process.
+func reap(_ pid: pid_t) -> Int32? {
+  var status: Int32 = 0
+  while waitpid(pid, &status, 0) < 0 {
+    if errno != EINTR { return nil }
+  }
+  return status
+}
+
+/// The fds open in this process, from `/proc/self/fd` (`opendir`,
+/// `readdir`), without the one the listing itself uses; sorted.
+func openDescriptors() -> [Int32] {
+  guard let directory = opendir("/proc/self/fd") else { return [] }
+  defer { closedir(directory) }
+  let own = dirfd(directory)
+  var fds: [Int32] = []
+  while let entry = readdir(directory) {
+    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+      String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+    if let fd = Int32(name), fd != own { fds.append(fd) }
+  }
+  return fds.sorted()
 }

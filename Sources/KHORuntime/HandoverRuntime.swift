@@ -353,10 +353,7 @@ public final class HandoverRuntime: Sendable {
   /// Kills `pid` and waits for it; returns how it ended.
   private static func killAndReap(_ pid: pid_t) -> String? {
     kill(pid, SIGKILL)
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 {
-      if errno != EINTR { return nil }
-    }
+    guard let status = reap(pid) else { return nil }
     let signal = status & 0x7f
     if signal == 0 { return "exit status \((status >> 8) & 0xff)" }
     return signal == SIGKILL ? nil : "killed by signal \(signal)"
@@ -365,20 +362,4 @@ public final class HandoverRuntime: Sendable {
   private func notify(_ body: (SDNotifier) throws(SystemCallError) -> Void) {
     do { try body(notifier) } catch { logger.warning("kho: sd_notify: \(error)") }
   }
-}
-
-/// The fds open in this process, from `/proc/self/fd` (`opendir`,
-/// `readdir`), without the one the listing itself uses.
-func openDescriptors() -> [Int32] {
-  guard let directory = opendir("/proc/self/fd") else { return [] }
-  defer { closedir(directory) }
-  let own = dirfd(directory)
-  var fds: [Int32] = []
-  while let entry = readdir(directory) {
-    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-      String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-    }
-    if let fd = Int32(name), fd != own { fds.append(fd) }
-  }
-  return fds.sorted()
 }

@@ -159,9 +159,7 @@ public final class ServiceControl: Sendable {
 
   /// Whether `fd` is a connection to `/dev/fuse`.
   private static func isFUSEConnection(_ fd: Int32) -> Bool {
-    var buffer = [CChar](repeating: 0, count: 64)
-    let count = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
-    return count > 0 && String(cString: buffer) == "/dev/fuse"
+    (try? FileDescriptor(rawValue: fd).procLinkTarget()) == "/dev/fuse"
   }
 
   /// Unmounts, for a clean shutdown.
