@@ -93,9 +93,15 @@ public final class KHOIncoming: Sendable {
   /// The first node whose `compatible` list holds `compatible`, searching
   /// the root's subnodes depth first.
   public func findNode(compatible: String) -> FDTNode? {
+    findNode { $0.property("compatible")?.strings?.contains(compatible) == true }
+  }
+
+  /// The first node that `matches`, searching the root's subnodes depth
+  /// first.
+  public func findNode(where matches: (FDTNode) -> Bool) -> FDTNode? {
     var pending = tree.root.children.reversed() as [FDTNode]
     while let node = pending.popLast() {
-      if node.property("compatible")?.strings?.contains(compatible) == true { return node }
+      if matches(node) { return node }
       pending.append(contentsOf: node.children.reversed())
     }
     return nil

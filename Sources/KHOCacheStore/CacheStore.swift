@@ -134,28 +134,25 @@ public final class CacheStore: @unchecked Sendable {
     guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
     let memory = RegionMemory(base: region.base, size: region.size)
     let geometry = try Geometry.read(from: memory)
-    let crashed = !requireFrozen && memory.u32(Header.state) == Header.stateLive
-    if crashed {
-      // Nobody froze it: rebuild what a mutation cut short may have left
-      // half done, before the checks that expect it whole.
-      StoreCore(
-        memory: memory, geometry: geometry,
-        clock: CacheClock(source: clock, resumingAtNanoseconds: 0), damageHandler: damageHandler
-      ).recoverAfterCrash()
-    }
-    try checkDynamicState(
-      memory, geometry, requireFrozen: requireFrozen, wallSeconds: clock.wallSeconds())
-    memory.setU32(Header.state, Header.stateLive)
     // Resume the clock where the previous image froze it, to the
-    // nanosecond when it recorded that (else from whole seconds).
+    // nanosecond when it recorded that (else from whole seconds); the
+    // checks below refuse a clock that is not plausible.
     let seconds = memory.u64(Header.clock)
     let nanoseconds = memory.u64(Header.clockNanoseconds)
     let resume = nanoseconds / 1_000_000_000 >= seconds ? nanoseconds : seconds &* 1_000_000_000
-    memory.setU64(Header.clockNanoseconds, 0)
     let core = StoreCore(
       memory: memory, geometry: geometry,
       clock: CacheClock(source: clock, resumingAtNanoseconds: resume),
       damageHandler: damageHandler)
+    if !requireFrozen && memory.u32(Header.state) == Header.stateLive {
+      // Nobody froze it: rebuild what a mutation cut short may have left
+      // half done, before the checks that expect it whole.
+      core.recoverAfterCrash()
+    }
+    try checkDynamicState(
+      memory, geometry, requireFrozen: requireFrozen, wallSeconds: clock.wallSeconds())
+    memory.setU32(Header.state, Header.stateLive)
+    memory.setU64(Header.clockNanoseconds, 0)
     return CacheStore(region: region, core: core)
   }
 

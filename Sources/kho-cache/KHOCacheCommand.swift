@@ -273,17 +273,10 @@ struct KHOCacheCommand: ParsableCommand {
   /// The store's node in the incoming tree: `/kho-cache`, or any node whose
   /// compatible names a kho-cache format.
   static func storeNode(_ incoming: KHOIncoming) -> FDTNode? {
-    if let node = incoming.findNode(path: "/kho-cache") { return node }
-    var pending = Array(incoming.tree.root.children.reversed())
-    while let node = pending.popLast() {
-      if node.property("compatible")?.strings?.contains(where: { $0.hasPrefix("kho-cache-v") })
-        == true
-      {
-        return node
+    incoming.findNode(path: "/kho-cache")
+      ?? incoming.findNode { node in
+        node.property("compatible")?.strings?.contains { $0.hasPrefix("kho-cache-v") } == true
       }
-      pending.append(contentsOf: node.children.reversed())
-    }
-    return nil
   }
 
   /// A new, empty store in fresh arena pages: the size the options ask
@@ -312,10 +305,9 @@ struct KHOCacheCommand: ParsableCommand {
   /// the next image takes over, freezes it (mutations wait, reads go on);
   /// UNFREEZE and ABORT thaw it.
   func registerWithKHO(_ store: CacheStore, _ kho: KHO) throws {
-    // The store's offsets are from its region; KHO's are from the arena.
-    let offset =
-      UInt64(kho.arena.base.distance(to: store.region.base)) + UInt64(store.memoryRanges[0].offset)
-    let length = UInt64(store.memoryRanges[0].length)
+    let range = Self.arenaRange(of: store, in: kho)
+    let offset = range.lowerBound
+    let length = UInt64(range.count)
     try kho.outgoing.register(
       KHONotifier(
         name: "kho-cache",
@@ -331,6 +323,14 @@ struct KHOCacheCommand: ParsableCommand {
         unfreeze: { store.unfreeze() }))
   }
 
+  /// The arena offsets of the store's memory (its offsets are from its
+  /// region; KHO's are from the arena).
+  static func arenaRange(of store: CacheStore, in kho: KHO) -> Range<UInt64> {
+    let start =
+      UInt64(kho.arena.base.distance(to: store.region.base)) + UInt64(store.memoryRanges[0].offset)
+    return start..<start + UInt64(store.memoryRanges[0].length)
+  }
+
   /// The name of the store's sub-blob in the stateless description.
   static let subtreeName = "kho-cache"
 
@@ -339,8 +339,7 @@ struct KHOCacheCommand: ParsableCommand {
   /// to the next start, through a keeper that holds the arena.
   func preserveAcrossCrash(_ store: CacheStore, _ kho: KHO, logger: Logger) {
     guard let preservation = kho.preservation else { return }
-    let start = UInt64(kho.arena.base.distance(to: store.region.base))
-    let range = start..<start + UInt64(store.region.size)
+    let range = Self.arenaRange(of: store, in: kho)
     do {
       try preservation.preserve(range)
       try preservation.addSubtree(Self.subtreeName, at: range)
