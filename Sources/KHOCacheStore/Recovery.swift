@@ -28,14 +28,9 @@ extension StoreCore {
     var items = 0
     var bytes = 0
     for classId in 1...geometry.classCount {
-      rebuildClass(classId, excluding: 0) { reached.contains($0) }
-      let entry = geometry.classEntry(classId)
-      var item = memory.off(entry + ClassField.lruHead)
-      while item != 0 {
-        items += 1
-        bytes += totalSize(item)
-        item = memory.off(item + ItemField.lruNext)
-      }
+      let rebuilt = rebuildClass(classId, excluding: 0) { reached.contains($0) }
+      items += rebuilt.items
+      bytes += rebuilt.bytes
     }
     memory.setU64(Header.stats + StatCounter.currItems.rawValue * 8, UInt64(items))
     memory.setU64(Header.stats + StatCounter.bytes.rawValue * 8, UInt64(bytes))

@@ -150,7 +150,12 @@ extension StoreCore {
   /// `reachable`, when given, decides which sound chunks are items: after
   /// a crash, only those a hash chain reaches (the others were leaving
   /// their chain, or never reached it, when the owner died).
-  func rebuildClass(_ classId: Int, excluding excluded: Int, reachable: ((Int) -> Bool)? = nil) {
+  ///
+  /// - Returns: the items in the rebuilt LRU and their bytes.
+  @discardableResult
+  func rebuildClass(_ classId: Int, excluding excluded: Int, reachable: ((Int) -> Bool)? = nil)
+    -> (items: Int, bytes: Int)
+  {
     let entry = geometry.classEntry(classId)
     for field in [
       ClassField.freeHead, ClassField.freeCount, ClassField.lruHead, ClassField.lruTail,
@@ -161,6 +166,7 @@ extension StoreCore {
     let chunkSize = geometry.chunkSizes[classId - 1]
     var tail = 0
     var items: UInt64 = 0
+    var bytes = 0
     for page in 0..<pagesUsed where Int(memory.u8(geometry.pageTableOffset + page)) == classId {
       let start = geometry.pageStart(page)
       for index in stride(from: geometry.pageSize / chunkSize - 1, through: 0, by: -1) {
@@ -179,9 +185,11 @@ extension StoreCore {
         }
         tail = chunk
         items += 1
+        bytes += totalSize(chunk)
       }
     }
     memory.setOff(entry + ClassField.lruTail, tail)
     memory.setU64(entry + ClassField.itemCount, items)
+    return (Int(items), bytes)
   }
 }
