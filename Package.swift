@@ -1,14 +1,20 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Targets in the order of the layers: C surfaces, the FDT format, the system
+// layer, the KHO core, the runtime, the control file system, the service
+// control that joins them, the cache, the executables, then the tests.
 let package = Package(
   name: "swift-kho",
   products: [
     .library(name: "FDT", targets: ["FDT"]),
+    .library(name: "KHOSystem", targets: ["KHOSystem"]),
     .library(name: "KHO", targets: ["KHO"]),
     .library(name: "KHORuntime", targets: ["KHORuntime"]),
-    .executable(name: "kho", targets: ["kho"]),
+    .library(name: "KHOControlFS", targets: ["KHOControlFS"]),
+    .library(name: "KHOServiceControl", targets: ["KHOServiceControl"]),
     .library(name: "KHOCacheStore", targets: ["KHOCacheStore"]),
+    .executable(name: "kho", targets: ["kho"]),
     .executable(name: "kho-cache", targets: ["kho-cache"]),
   ],
   dependencies: [
@@ -17,31 +23,59 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
+    // MARK: C surfaces (headers and forwarding shims only)
+
+    // Every system call Swift cannot make from Glibc, in the C library's
+    // convention (-1 or NULL with errno set); KHOSystem wraps them.
+    .target(name: "CKHOSystem"),
+    // CRC-32C, with the SSE4.2 instruction where there is one: the cache
+    // store's per-item checksums.
+    .target(name: "CKHOChecksum"),
+    // The messages of the FUSE kernel protocol (linux/fuse.h).
+    .target(name: "CFUSEKernel"),
+    // Debian's libfdt, only for side-by-side benchmarks.
+    .systemLibrary(name: "CLibFDT", pkgConfig: nil, providers: [.apt(["libfdt-dev"])]),
+
+    // MARK: Libraries, lowest layer first
+
     // The flattened device tree format alone: writer, validating reader, DTS printer.
     .target(name: "FDT"),
 
-    // Syscalls Swift cannot see from Glibc (memfd flags, seals, huge pages).
-    .target(name: "CKHOSystem"),
+    // The system layer: one errno type, one `systemCall` funnel with EINTR
+    // and the fault hook, thin wrappers naming the C call, one thread helper.
+    .target(name: "KHOSystem", dependencies: ["CKHOSystem"]),
 
     // The KHO core: arena, scratch, allocator, notifier chain, outgoing and
-    // incoming halves, mem cache, attribute model.
+    // incoming halves, mem cache, attribute model. It knows no process: the
+    // runtime hands it the handover's location.
     .target(
       name: "KHO",
       dependencies: [
-        "FDT", "CKHOSystem",
+        "FDT", "KHOSystem",
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
 
-    // C surface of the runtime: fd passing (SCM_RIGHTS), posix_spawn details.
-    .target(name: "CKHORuntime"),
-
     // The handover runtime: exec in place or overlapped with rollback, named
-    // fd handover, sd_notify.
+    // fd handover, sd_notify, the environment.
     .target(
       name: "KHORuntime",
       dependencies: [
-        "KHO", "CKHORuntime",
+        "KHO", "KHOSystem",
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+
+    // The control file system: the FUSE kernel protocol spoken on /dev/fuse
+    // directly, so the next image goes on serving the same connection.
+    .target(name: "KHOControlFS", dependencies: ["CFUSEKernel", "KHOSystem"]),
+
+    // A service's control mount: KHOControlFS serving KHO's attributes and
+    // the runtime's load/execute.
+    .target(
+      name: "KHOServiceControl",
+      dependencies: [
+        "KHO", "KHORuntime", "KHOControlFS", "KHOSystem",
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
@@ -49,39 +83,11 @@ let package = Package(
     // Example subsystems: a trace ring buffer that survives handover.
     .target(name: "KHOExamples", dependencies: ["KHO", "FDT"]),
 
-    // A service that hands over to itself for generations and checks every
-    // byte; the exec round-trip tests drive it.
-    .executableTarget(
-      name: "kho-roundtrip",
-      dependencies: ["KHO", "KHORuntime", "KHOExamples", "KHOServiceControl"]
-    ),
-
-    // The `kho` command line.
-    .executableTarget(
-      name: "kho",
-      dependencies: [
-        "FDT", "CKHORuntime",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ]
-    ),
-
-    // Debian's libfdt, only for side-by-side benchmarks.
-    .systemLibrary(name: "CLibFDT", pkgConfig: nil, providers: [.apt(["libfdt-dev"])]),
-    .executableTarget(
-      name: "fdt-bench",
-      dependencies: ["FDT", "CLibFDT"]
-    ),
-
-    .testTarget(name: "FDTTests", dependencies: ["FDT"]),
-    .testTarget(name: "KHOTests", dependencies: ["KHO"]),
-    .testTarget(name: "KHORuntimeTests", dependencies: ["KHORuntime", "KHOExamples"]),
-
-    // kho-cache: a memcached-protocol cache whose whole state lives in one
-    // caller-given region (the KHO arena in production), addressed by offsets.
-    // CRC-32C, with the SSE4.2 instruction where there is one: the store's
-    // per-item checksums.
-    .target(name: "CKHOChecksum"),
+    // kho-cache's store: a memcached-style cache whose whole state lives in
+    // one caller-given region (the KHO arena in production), addressed by
+    // offsets.
     .target(name: "KHOCacheStore", dependencies: ["CKHOChecksum"]),
+    // kho-cache's memcached protocol server, on SwiftNIO.
     .target(
       name: "KHOCacheServer",
       dependencies: [
@@ -90,16 +96,44 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
+
+    // MARK: Executables
+
+    // The `kho` command line.
+    .executableTarget(
+      name: "kho",
+      dependencies: [
+        "FDT", "KHOSystem", "CKHOSystem",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
     .executableTarget(
       name: "kho-cache",
       dependencies: [
         "FDT", "KHOCacheStore", "KHOCacheServer", "KHO", "KHORuntime", "KHOServiceControl",
+        "KHOSystem",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
+    // A service that hands over to itself for generations and checks every
+    // byte; the exec round-trip tests drive it.
+    .executableTarget(
+      name: "kho-roundtrip",
+      dependencies: ["KHO", "KHORuntime", "KHOExamples", "KHOServiceControl", "KHOSystem"]
+    ),
+    .executableTarget(name: "fdt-bench", dependencies: ["FDT", "CLibFDT"]),
+
+    // MARK: Tests, mirroring the libraries
+
+    .testTarget(name: "FDTTests", dependencies: ["FDT"]),
+    .testTarget(name: "KHOSystemTests", dependencies: ["KHOSystem"]),
+    .testTarget(name: "KHOTests", dependencies: ["KHO", "KHOSystem"]),
+    .testTarget(
+      name: "KHORuntimeTests", dependencies: ["KHORuntime", "KHOExamples", "KHOSystem"]),
+    .testTarget(name: "KHOControlFSTests", dependencies: ["KHOControlFS", "KHOSystem"]),
     .testTarget(name: "KHOCacheStoreTests", dependencies: ["KHOCacheStore"]),
     .testTarget(
       name: "KHOCacheServerTests",
@@ -109,22 +143,6 @@ let package = Package(
         .product(name: "NIOEmbedded", package: "swift-nio"),
       ]
     ),
-
-    // The control file system: the FUSE kernel protocol spoken on /dev/fuse
-    // directly, so the next image goes on serving the same connection.
-    .target(name: "CFUSEKernel"),
-    .target(name: "KHOControlFS", dependencies: ["CFUSEKernel"]),
-
-    // A service's control mount: KHOControlFS serving KHO's attributes and
-    // the runtime's load/execute.
-    .target(
-      name: "KHOServiceControl",
-      dependencies: [
-        "KHO", "KHORuntime", "KHOControlFS",
-        .product(name: "Logging", package: "swift-log"),
-      ]
-    ),
-    .testTarget(name: "KHOControlFSTests", dependencies: ["KHOControlFS"]),
   ],
   swiftLanguageModes: [.v6]
 )

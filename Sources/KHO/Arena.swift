@@ -2,6 +2,7 @@
 // read-write; an address is a byte offset into it, so the next image can map
 // it anywhere and needs no pointer fix-up.
 
+import KHOSystem
 import Logging
 
 #if canImport(Glibc)
@@ -35,18 +36,18 @@ public enum ArenaBacking: String, Sendable, Hashable {
 /// Why an arena could not be created or adopted, or an access was refused.
 public enum ArenaError: Error, Sendable, Equatable, CustomStringConvertible {
   /// A system call failed.
-  case system(SystemError)
+  case system(SystemCallError)
   /// The size is zero, not a multiple of the page size, or too large.
   case invalidSize(size: UInt64, pageSize: UInt64)
   /// The adopted descriptor is not open (`fstat` failed).
-  case badDescriptor(fd: Int32, SystemError)
+  case badDescriptor(fd: Int32, SystemCallError)
   /// The adopted descriptor is not a memfd; `target` is where
   /// `/proc/self/fd/N` points.
   case notMemfd(fd: Int32, target: String)
   /// The adopted memfd's size is not the stated one.
   case sizeMismatch(fd: Int32, expected: UInt64, actual: UInt64)
   /// The adopted memfd cannot be sealed against shrinking.
-  case notSealable(fd: Int32, SystemError)
+  case notSealable(fd: Int32, SystemCallError)
   /// A range that does not lie inside the arena.
   case outOfBounds(offset: UInt64, count: UInt64, arenaSize: UInt64)
 
@@ -237,9 +238,9 @@ public final class Arena: @unchecked Sendable {
   {
     var flags: MemfdFlags = [.closeOnExec, .allowSealing]
     if hugeTLB { flags.formUnion([.hugeTLB, .huge2MB]) }
-    do throws(SystemError) {
+    do throws(SystemCallError) {
       let fd = try FileDescriptor.memfdCreate(name: name, flags: flags)
-      do throws(SystemError) {
+      do throws(SystemCallError) {
         try fd.truncate(to: Int64(size))
         try fd.addSeals([.shrink, .grow])
         // A shared hugetlb mapping reserves its pages here, so a shortage

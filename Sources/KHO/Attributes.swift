@@ -3,6 +3,7 @@
 // the kernfs layer around them (E2BIG, EACCES, reads by offset). A FUSE
 // mount only forwards to ``KHOAttributes``.
 
+import KHOSystem
 import FDT
 import Synchronization
 
@@ -14,7 +15,7 @@ public struct KHOAttribute: Sendable {
     /// content; `store`, when writable, receives one write's bytes.
     case text(
       show: @Sendable () -> [UInt8],
-      store: (@Sendable ([UInt8]) throws(KHOErrno) -> Void)?)
+      store: (@Sendable ([UInt8]) throws(Errno) -> Void)?)
     /// A binary attribute (`bin_attribute`): `blob` returns the bytes, or
     /// `nil` when the file does not exist now.
     case binary(blob: @Sendable () -> [UInt8]?)
@@ -44,7 +45,7 @@ public struct KHOAttribute: Sendable {
 /// try attributes.read("kernel/kho/dt_max", offset: 0, count: 4096)  // "0xa00000\n"
 /// ```
 ///
-/// Every error is a ``KHOErrno`` whose `rawValue` is what `write(2)` or
+/// Every error is a ``Errno`` whose `rawValue` is what `write(2)` or
 /// `read(2)` should fail with.
 public final class KHOAttributes: Sendable {
   /// The largest write sysfs accepts (`PAGE_SIZE`): more is `E2BIG`.
@@ -92,12 +93,12 @@ public final class KHOAttributes: Sendable {
         path: Path.active, mode: 0o600,
         content: .text(
           show: { Self.activeShow(kho) },
-          store: { bytes throws(KHOErrno) in try Self.activeStore(kho, bytes) })),
+          store: { bytes throws(Errno) in try Self.activeStore(kho, bytes) })),
       KHOAttribute(
         path: Path.dtMax, mode: 0o600,
         content: .text(
           show: { Self.hexShow(kho.dtMax) },
-          store: { bytes throws(KHOErrno) in try Self.dtMaxStore(kho, bytes) })),
+          store: { bytes throws(Errno) in try Self.dtMaxStore(kho, bytes) })),
       KHOAttribute(
         path: Path.scratchLength, mode: 0o400,
         content: .text(show: { Self.hexShow(kho.scratch.length) }, store: nil)),
@@ -122,8 +123,8 @@ public final class KHOAttributes: Sendable {
   /// The size `stat` reports: 4096 for text files, the blob's size for
   /// binary ones.
   ///
-  /// - Throws: ``KHOErrno/noSuchFile`` when the file does not exist now.
-  public func size(_ path: String) throws(KHOErrno) -> Int {
+  /// - Throws: ``Errno/noSuchFile`` when the file does not exist now.
+  public func size(_ path: String) throws(Errno) -> Int {
     guard let attribute = attribute(path) else { throw .noSuchFile }
     switch attribute.content {
     case .text: return Self.textFileSize
@@ -133,8 +134,8 @@ public final class KHOAttributes: Sendable {
 
   /// `read(2)` at `offset`: up to `count` bytes; none at or past the end.
   ///
-  /// - Throws: ``KHOErrno/noSuchFile`` when the file does not exist now.
-  public func read(_ path: String, offset: UInt64, count: Int) throws(KHOErrno) -> [UInt8] {
+  /// - Throws: ``Errno/noSuchFile`` when the file does not exist now.
+  public func read(_ path: String, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
     guard let attribute = attribute(path) else { throw .noSuchFile }
     let bytes: [UInt8]
     switch attribute.content {
@@ -155,7 +156,7 @@ public final class KHOAttributes: Sendable {
   /// - Returns: the number of bytes consumed, all of them.
   /// - Throws: the errno the writer should see.
   @discardableResult
-  public func write(_ path: String, _ bytes: [UInt8]) throws(KHOErrno) -> Int {
+  public func write(_ path: String, _ bytes: [UInt8]) throws(Errno) -> Int {
     guard let attribute = attribute(path) else { throw .noSuchFile }
     guard case .text(_, let store?) = attribute.content else { throw .permissionDenied }
     guard bytes.count <= Self.maxWrite else { throw .argumentListTooLong }
@@ -175,7 +176,7 @@ public final class KHOAttributes: Sendable {
   /// `active_store`: kstrtobool, else EINVAL; no scratch: ENOMEM (for 0
   /// and 1 alike); same state: nothing; 1: serialize (failure: EINVAL,
   /// inactive); 0: abort.
-  public static func activeStore(_ kho: KHOOutgoing, _ bytes: [UInt8]) throws(KHOErrno) {
+  public static func activeStore(_ kho: KHOOutgoing, _ bytes: [UInt8]) throws(Errno) {
     let value = try KernelParsing.kstrtobool(bytes: bytes)
     if kho.scratch.isEmpty { throw .noMemory }
     if value {
@@ -193,7 +194,7 @@ public final class KHOAttributes: Sendable {
 
   /// `dt_max_store`: kstrtoull base 0, any error EINVAL; EBUSY while active
   /// (the seed wrote it unlocked, even while active).
-  public static func dtMaxStore(_ kho: KHOOutgoing, _ bytes: [UInt8]) throws(KHOErrno) {
+  public static func dtMaxStore(_ kho: KHOOutgoing, _ bytes: [UInt8]) throws(Errno) {
     let value: UInt64
     do { value = try KernelParsing.kstrtoull(bytes: bytes, base: 0) } catch {
       throw .invalidArgument

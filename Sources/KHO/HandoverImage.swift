@@ -1,3 +1,4 @@
+import KHOSystem
 import FDT
 
 /// What one image leaves in scratch for the next, and how the next reads it

@@ -1,3 +1,5 @@
+import KHOSystem
+
 /// The handover record: what the next image needs to find the blob and the
 /// mem cache, the role of x86's `setup_data` `kho_data` or arm64's `/chosen`
 /// properties. It sits at the start of scratch, followed by the mem cache

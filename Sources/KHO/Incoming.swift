@@ -2,6 +2,7 @@
 // their memory back (the series' kho_get_fdt, kho_claim_mem,
 // kho_return_mem).
 
+import KHOSystem
 import FDT
 import Logging
 import Synchronization

@@ -2,6 +2,7 @@
 // incoming halves, and the load step that leaves the handover in scratch.
 
 import FDT
+import KHOSystem
 import Logging
 
 #if canImport(Glibc)
@@ -60,7 +61,7 @@ public enum KHOLoadError: Error, Sendable, CustomStringConvertible {
   case handover(HandoverError)
 
   /// The errno an operator sees, as kexec_file_load would report it.
-  public var errno: KHOErrno {
+  public var errno: Errno {
     switch self {
     case .notActive, .memCache: return .invalidArgument
     case .handover: return .noMemory
@@ -133,24 +134,32 @@ public final class KHO: Sendable {
     }
   }
 
-  /// Boots: from the handover that `handover` (by default the
-  /// ``HandoverRecord/environmentName`` variable) describes if there is
-  /// one and it is valid; else, after a crash, from the arena `crashed` (a
-  /// memfd a keeper held while the previous image was dead) if its
-  /// preservation root is valid; else cold, with a fresh arena. A bad
-  /// handover or root is logged with what is wrong and never fails the
-  /// boot. The variable is removed from the environment either way.
+  /// Boots: from the handover at `handover` if there is one and it is
+  /// valid; else, after a crash, from the arena `crashed` (a memfd a keeper
+  /// held while the previous image was dead) if its preservation root is
+  /// valid; else cold, with a fresh arena. A bad handover or root is logged
+  /// with what is wrong and never fails the boot.
+  ///
+  /// The core knows no process, as the kernel's `kho_populate()` is handed
+  /// its location by early boot code: the caller (the runtime) reads the
+  /// ``HandoverRecord/environmentName`` variable, parses it with
+  /// ``HandoverLocation/init(parsing:)``, and passes the location, or the
+  /// parse error to start cold with.
+  ///
+  /// - Parameters:
+  ///   - handover: where the previous image left its handover, or why that
+  ///     could not be told; nil for a first boot.
+  ///   - crashed: the arena kept across a crash.
   public static func boot(
     _ options: KHOOptions,
-    handover: String? = getenv(HandoverRecord.environmentName).map { String(cString: $0) },
+    handover: Result<HandoverLocation, HandoverError>? = nil,
     crashed: FileDescriptor? = nil,
     logger: Logger = Logger(label: "kho")
   ) throws(KHOBootError) -> KHO {
-    unsetenv(HandoverRecord.environmentName)
     var reason: HandoverError?
     if let handover {
       do throws(HandoverError) {
-        return try ingest(handover, options, logger)
+        return try ingest(try handover.get(), options, logger)
       } catch {
         logger.error("kho: starting cold: \(error)")
         reason = error
@@ -221,7 +230,7 @@ public final class KHO: Sendable {
     let status: FileStatus
     do { status = try fd.status() } catch { throw .badArenaFD("fd \(fd.rawValue): \(error)") }
     let size = UInt64(max(status.size, 0))
-    guard let pageBytes = PreservationRoot.peekPageSize(fd.rawValue, arenaSize: size),
+    guard let pageBytes = PreservationRoot.peekPageSize(fd, arenaSize: size),
       let pageSize = ArenaPageSize(rawValue: pageBytes)
     else { throw .badRecord("no preservation root in the \(size)-byte arena fd \(fd.rawValue)") }
     let arena: Arena
@@ -268,10 +277,11 @@ public final class KHO: Sendable {
 
   /// Adopts and validates everything the previous image left, trusting
   /// nothing until it is checked.
-  private static func ingest(_ variable: String, _ options: KHOOptions, _ logger: Logger)
+  private static func ingest(
+    _ location: HandoverLocation, _ options: KHOOptions, _ logger: Logger
+  )
     throws(HandoverError) -> KHO
   {
-    let location = try HandoverLocation(parsing: variable)
     let pageSize = try peekPageSize(location)
     let arena: Arena
     do {
@@ -279,7 +289,7 @@ public final class KHO: Sendable {
         adopting: FileDescriptor(rawValue: location.fd), size: location.arenaSize,
         pageSize: pageSize, logger: logger)
     } catch {
-      if case .sizeMismatch = error { close(location.fd) }
+      if case .sizeMismatch = error { FileDescriptor(rawValue: location.fd).closeIgnoringErrors() }
       throw .badArenaFD("\(error)")
     }
     let image = try HandoverImage.read(
@@ -326,26 +336,22 @@ public final class KHO: Sendable {
     -> ArenaPageSize
   {
     // The fd first: a record read from something that is not the arena
-    // would only give a confusing error.
-    let target: String
-    do { target = try FileDescriptor(rawValue: location.fd).procLinkTarget() } catch {
-      throw .badArenaFD("fd \(location.fd) is not open: \(error)")
+    // would only give a confusing error. Only a memfd carries seals.
+    let fd = FileDescriptor(rawValue: location.fd)
+    do { _ = try fd.seals() } catch {
+      throw .badArenaFD(
+        error.errno == .badDescriptor
+          ? "fd \(location.fd) is not open" : "fd \(location.fd) is not a memfd: \(error)")
     }
-    guard target.hasPrefix("/memfd:") else {
-      throw .badArenaFD("fd \(location.fd) is \(target), not a memfd")
-    }
-    var bytes = [UInt8](repeating: 0, count: HandoverRecord.size)
     guard location.recordAddress <= UInt64(Int64.max - Int64(HandoverRecord.size)) else {
       throw .badRecord(
         "record address 0x\(String(location.recordAddress, radix: 16)) is outside the arena")
     }
-    let n = bytes.withUnsafeMutableBytes {
-      pread(location.fd, $0.baseAddress, $0.count, off_t(location.recordAddress))
+    let bytes: [UInt8]
+    do { bytes = try fd.read(upTo: HandoverRecord.size, at: Int64(location.recordAddress)) } catch {
+      throw .badArenaFD("fd \(location.fd): \(error)")
     }
-    if n < 0 {
-      throw .badArenaFD("fd \(location.fd): pread: \(String(cString: strerror(errno)))")
-    }
-    guard n == HandoverRecord.size else {
+    guard bytes.count == HandoverRecord.size else {
       throw .badRecord(
         "record at 0x\(String(location.recordAddress, radix: 16)) is past the end of the arena")
     }

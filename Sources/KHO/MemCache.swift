@@ -1,3 +1,4 @@
+import KHOSystem
 import FDT
 
 /// One preserved range, the kernel's `struct kho_mem { u64 addr; u64 len; }`.

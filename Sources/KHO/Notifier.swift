@@ -1,6 +1,7 @@
 // The kernel's notifier chains (kernel/notifier.c, include/linux/notifier.h):
 // result codes, errno encoding, priority order, a blocking chain.
 
+import KHOSystem
 import FDT
 import Synchronization
 
@@ -54,7 +55,7 @@ public enum NotifierError: Error, Sendable, Equatable, CustomStringConvertible {
   case notRegistered(String)
 
   /// The errno the kernel returns for it, positive.
-  public var errno: KHOErrno {
+  public var errno: Errno {
     switch self {
     case .alreadyRegistered: return .fileExists
     case .notRegistered: return .noSuchFile
@@ -194,7 +195,7 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
   ///
   /// An error thrown by `dump` or `freeze` becomes the chain's result: an
   /// ``FDTError/Kind/noSpace`` as `-ENOSPC` (the outgoing side then grows
-  /// the buffer and retries), a ``KHOErrno`` as itself, anything else as
+  /// the buffer and retries), a ``Errno`` as itself, anything else as
   /// `-EINVAL`.
   ///
   /// ```swift
@@ -230,7 +231,7 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
         }
       case .dump:
         guard writer != nil else {
-          return NotifierResult(errno: -KHOErrno.invalidArgument.rawValue)
+          return NotifierResult(errno: -Errno.invalidArgument.rawValue)
         }
         do {
           try dump(&writer!)
@@ -242,9 +243,9 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
     }
   }
 
-  private static func errno(for error: any Error) -> KHOErrno {
+  private static func errno(for error: any Error) -> Errno {
     if let fdt = error as? FDTError { return fdt.kind == .noSpace ? .noSpace : .invalidArgument }
-    if let errno = error as? KHOErrno { return errno }
+    if let errno = error as? Errno { return errno }
     return .invalidArgument
   }
 }

@@ -1,6 +1,7 @@
 // The outgoing half, the seed's kernel/kexec_kho_out.c: the notifier chain,
 // serialize and abort, and the state the attributes show.
 
+import KHOSystem
 import FDT
 import Logging
 import Synchronization
@@ -30,11 +31,11 @@ public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible 
 
   /// The errno of the failure, positive (the `active` attribute reports
   /// EINVAL for all of them, as the seed does).
-  public var errno: KHOErrno {
+  public var errno: Errno {
     switch self {
     case .alreadyActive: return .resourceBusy
     case .notActive: return .invalidArgument
-    case .notifier(let err): return KHOErrno(rawValue: -err)
+    case .notifier(let err): return Errno(rawValue: -err)
     case .noSpace: return .noSpace
     case .writer, .invalidBlob: return .invalidArgument
     }
@@ -45,7 +46,7 @@ public enum SerializeError: Error, Sendable, Equatable, CustomStringConvertible 
     case .alreadyActive: return "KHO is already active"
     case .notActive: return "KHO is not active"
     case .notifier(let err):
-      return "a KHO notifier failed: \(KHOErrno(rawValue: -err))"
+      return "a KHO notifier failed: \(Errno(rawValue: -err))"
     case .noSpace(let capacity, let attempts):
       return "the KHO blob does not fit in \(capacity) bytes after \(attempts) attempts"
     case .writer(let e): return "writing the KHO blob failed: \(e)"
@@ -169,8 +170,8 @@ public final class KHOOutgoing: Sendable {
 
   /// Sets `dt_max`. Unlike the seed, under the lock and never while active.
   ///
-  /// - Throws: ``KHOErrno/resourceBusy`` while active.
-  public func setDTMax(_ value: UInt64) throws(KHOErrno) {
+  /// - Throws: ``Errno/resourceBusy`` while active.
+  public func setDTMax(_ value: UInt64) throws(Errno) {
     let ok = state.withLock { state -> Bool in
       if isActive { return false }
       state.dtMax = value
@@ -185,8 +186,8 @@ public final class KHOOutgoing: Sendable {
   /// Do not call it from a notifier (it would throw EBUSY: DUMP runs frozen)
   /// nor call ``serialize()`` from `body` (it would wait for itself).
   ///
-  /// - Throws: ``KHOErrno/resourceBusy`` while active.
-  public func withMutation<R, E: Error>(_ body: () throws(E) -> R) throws(KHOErrno) -> Result<R, E>
+  /// - Throws: ``Errno/resourceBusy`` while active.
+  public func withMutation<R, E: Error>(_ body: () throws(E) -> R) throws(Errno) -> Result<R, E>
   {
     var current = gate.load(ordering: .acquiring)
     while true {
@@ -238,7 +239,7 @@ public final class KHOOutgoing: Sendable {
       var none: FDTWriter? = nil
       let err = notifiers.call(.freeze, &none).errno
       guard err == 0 else {
-        logger.error("kho: a notifier refused to freeze: \(KHOErrno(rawValue: -err))")
+        logger.error("kho: a notifier refused to freeze: \(Errno(rawValue: -err))")
         notifiers.call(.unfreeze, &none)
         throw .notifier(errno: err)
       }

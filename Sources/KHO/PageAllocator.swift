@@ -3,6 +3,7 @@
 // allocation window (the next image allocates from scratch only until it has
 // reserved every preserved range, as memblock's scratch-only mode).
 
+import KHOSystem
 import Synchronization
 
 /// Why the allocator refused a request.

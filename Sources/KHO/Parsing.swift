@@ -3,6 +3,7 @@
 // `kstrtobool` (lib/kstrtox.c). The input is treated as the kernel sees a
 // sysfs buffer: a C string, so a NUL byte ends it.
 
+import KHOSystem
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -37,15 +38,15 @@ public enum KernelParsing {
   /// `o`/`O` followed by `n`/`N` true and by `f`/`F` false; only the first
   /// one or two characters count ("yes please" is true).
   ///
-  /// - Throws: ``KHOErrno/invalidArgument`` for anything else, the empty
+  /// - Throws: ``Errno/invalidArgument`` for anything else, the empty
   ///   string included.
-  public static func kstrtobool(_ text: some StringProtocol) throws(KHOErrno) -> Bool {
+  public static func kstrtobool(_ text: some StringProtocol) throws(Errno) -> Bool {
     try kstrtobool(bytes: Array(text.utf8))
   }
 
   /// ``kstrtobool(_:)`` on raw bytes, as a sysfs store receives them; a NUL
   /// ends the input.
-  public static func kstrtobool(bytes input: [UInt8]) throws(KHOErrno) -> Bool {
+  public static func kstrtobool(bytes input: [UInt8]) throws(Errno) -> Bool {
     let bytes = input.prefix { $0 != 0 }
     switch bytes.first {
     case UInt8(ascii: "1"), UInt8(ascii: "y"), UInt8(ascii: "Y"), UInt8(ascii: "t"),
@@ -72,9 +73,9 @@ public enum KernelParsing {
   /// - Parameters:
   ///   - text: the input.
   ///   - base: 0, or a base from 2 to 16.
-  /// - Throws: ``KHOErrno/outOfRange`` when the number does not fit in 64
-  ///   bits, ``KHOErrno/invalidArgument`` for anything else that is wrong.
-  public static func kstrtoull(_ text: some StringProtocol, base: UInt32 = 0) throws(KHOErrno)
+  /// - Throws: ``Errno/outOfRange`` when the number does not fit in 64
+  ///   bits, ``Errno/invalidArgument`` for anything else that is wrong.
+  public static func kstrtoull(_ text: some StringProtocol, base: UInt32 = 0) throws(Errno)
     -> UInt64
   {
     try kstrtoull(bytes: Array(text.utf8), base: base)
@@ -82,7 +83,7 @@ public enum KernelParsing {
 
   /// ``kstrtoull(_:base:)`` on raw bytes, as a sysfs store receives them; a
   /// NUL ends the input.
-  public static func kstrtoull(bytes input: [UInt8], base: UInt32 = 0) throws(KHOErrno) -> UInt64 {
+  public static func kstrtoull(bytes input: [UInt8], base: UInt32 = 0) throws(Errno) -> UInt64 {
     precondition(base == 0 || (2...16).contains(base), "base must be 0 or 2...16")
     var bytes = input.prefix { $0 != 0 }
     if bytes.first == UInt8(ascii: "+") { bytes = bytes.dropFirst() }

@@ -5,6 +5,7 @@
 // instant, so that a process that dies without a handover still leaves one
 // the next image can trust after validation (kho_retrieve_subtree).
 
+import KHOSystem
 import FDT
 import Synchronization
 
@@ -85,13 +86,13 @@ public enum PreservationRoot {
   /// The page size the slots of an arena file state, read with `pread`
   /// before the arena is mapped (mapping needs it); nil if neither slot
   /// has a plausible header. Only a hint: ``read(_:arenaSize:)`` validates.
-  static func peekPageSize(_ fd: Int32, arenaSize: UInt64) -> UInt64? {
+  static func peekPageSize(_ fd: FileDescriptor, arenaSize: UInt64) -> UInt64? {
     guard let root = range(arenaSize: arenaSize) else { return nil }
     for slot in 0..<2 {
-      var header = [UInt8](repeating: 0, count: Field.size)
       let offset = root.lowerBound + UInt64(slot) * slotSize
-      let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
-      guard n == Field.size else { continue }
+      guard let header = try? fd.read(upTo: Field.size, at: Int64(offset)),
+        header.count == Field.size
+      else { continue }
       let fields = header.withUnsafeBytes {
         (
           $0.load(fromByteOffset: Field.magic, as: UInt64.self),

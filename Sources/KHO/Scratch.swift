@@ -1,3 +1,5 @@
+import KHOSystem
+
 /// The scratch region: one contiguous arena range where the next image's
 /// handover data is written and which never holds preserved memory (the
 /// seed's `kho_reserve_scratch`, a CMA region in the kernel).

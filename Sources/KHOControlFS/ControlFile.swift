@@ -11,7 +11,7 @@
 /// let enabled = Mutex(false)
 /// let file = ControlFile.attribute(mode: 0o600) {
 ///   Array((enabled.withLock { $0 } ? "1\n" : "0\n").utf8)
-/// } store: { bytes throws(FileError) in
+/// } store: { bytes throws(Errno) in
 ///   guard let first = bytes.first, first == 0x30 || first == 0x31 else { throw .invalidArgument }
 ///   enabled.withLock { $0 = first == 0x31 }
 /// }
@@ -19,15 +19,15 @@
 public struct ControlFile: Sendable {
   /// Returns at most `count` bytes of the file from byte `offset`; fewer
   /// (or none) at the end of the file.
-  public typealias Reader = @Sendable (_ offset: Int, _ count: Int) throws(FileError) -> [UInt8]
+  public typealias Reader = @Sendable (_ offset: Int, _ count: Int) throws(Errno) -> [UInt8]
   /// Consumes the bytes of one `write(2)` (at most 4096: larger writes fail
   /// with E2BIG before reaching the handler).
-  public typealias Writer = @Sendable (_ bytes: [UInt8]) throws(FileError) -> Void
+  public typealias Writer = @Sendable (_ bytes: [UInt8]) throws(Errno) -> Void
   /// A writer that also sees the file offset of the write, for files whose
   /// content may arrive in several `write(2)` calls of one open (a shell's
   /// `printf` writes each argument separately).
   public typealias OffsetWriter =
-    @Sendable (_ offset: Int, _ bytes: [UInt8]) throws(FileError) -> Void
+    @Sendable (_ offset: Int, _ bytes: [UInt8]) throws(Errno) -> Void
 
   /// Permission bits, `0o600`, `0o400`, `0o444`, `0o200`... The kernel
   /// enforces them against the caller (`default_permissions`); in addition,
@@ -84,12 +84,12 @@ public struct ControlFile: Sendable {
   ///   - store: what a write does; `nil` for a read-only attribute.
   public static func attribute(
     mode: UInt32,
-    show: @escaping @Sendable () throws(FileError) -> [UInt8],
+    show: @escaping @Sendable () throws(Errno) -> [UInt8],
     store: Writer? = nil
   ) -> ControlFile {
     ControlFile(
       mode: mode,
-      read: { offset, count throws(FileError) in
+      read: { offset, count throws(Errno) in
         slice(try show(), offset: offset, count: count)
       }, write: store)
   }
@@ -102,11 +102,11 @@ public struct ControlFile: Sendable {
   /// A file whose writes see their offset: offset 0 starts new content,
   /// later offsets continue it.
   public static func offsetAttribute(
-    mode: UInt32, show: @escaping @Sendable () throws(FileError) -> [UInt8],
+    mode: UInt32, show: @escaping @Sendable () throws(Errno) -> [UInt8],
     store: @escaping OffsetWriter
   ) -> ControlFile {
     var file = attribute(
-      mode: mode, show: show, store: { (bytes) throws(FileError) in try store(0, bytes) })
+      mode: mode, show: show, store: { (bytes) throws(Errno) in try store(0, bytes) })
     file.writeAt = store
     return file
   }
@@ -134,9 +134,9 @@ public struct ControlFile: Sendable {
       mode: mode,
       size: { UInt64(contents()?.count ?? 0) },
       isPresent: { contents() != nil },
-      read: { offset, count throws(FileError) in
+      read: { offset, count throws(Errno) in
         // It went away between open and read: kernfs gives ENODEV too.
-        guard let bytes = contents() else { throw .noDevice }
+        guard let bytes = contents() else { throw .noSuchDevice }
         return slice(bytes, offset: offset, count: count)
       })
   }

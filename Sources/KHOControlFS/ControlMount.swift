@@ -1,4 +1,5 @@
 import CFUSEKernel
+import KHOSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -61,8 +62,10 @@ public final class ControlMount: Sendable {
   /// What the mount's thread and its callers share.
   private struct Shared {
     var negotiated: ControlConnectionState
-    var thread: pthread_t?
-    var wake: (read: Int32, write: Int32)?
+    var thread: SystemThread?
+    var wake: (read: FileDescriptor, write: FileDescriptor)?
+    /// Why serving ended, if a system call ended it.
+    var servingError: SystemCallError?
     var stopRequested = false
     /// The write being handled now, and whether its reply was handed over.
     var inFlightWrite: ControlConnectionState.PendingWrite?
@@ -95,10 +98,10 @@ public final class ControlMount: Sendable {
   deinit {
     // The thread retains the mount while it runs: by now it has ended.
     shared.withLock { shared in
-      if let thread = shared.thread { pthread_detach(thread) }
+      shared.thread?.detach()
       if let wake = shared.wake {
-        closeDescriptor(wake.read)
-        closeDescriptor(wake.write)
+        wake.read.closeIgnoringErrors()
+        wake.write.closeIgnoringErrors()
       }
     }
   }
@@ -148,7 +151,7 @@ public final class ControlMount: Sendable {
       return mount
     } catch {
       try? Mounting.unmount(path, lazy: true, fusermount: fusermount)
-      closeDescriptor(fd)
+      FileDescriptor(rawValue: fd).closeIgnoringErrors()
       throw error
     }
   }
@@ -178,7 +181,9 @@ public final class ControlMount: Sendable {
     // Close-on-exec again: a child that inherited the connection would keep
     // it alive after this service dies, leaving callers hanging instead of
     // getting ENOTCONN. The runtime clears it on the fds it hands over.
-    _ = try systemCall("fcntl F_SETFD") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    try checked { () throws(SystemCallError) in
+      try FileDescriptor(rawValue: fd).setCloseOnExec(true)
+    }
     let fusermount = Mounting.findFusermount(nil)
     let mount = ControlMount(fd: fd, tree: tree, negotiated: negotiated, fusermount: fusermount)
     try mount.startServing()
@@ -186,7 +191,7 @@ public final class ControlMount: Sendable {
       var out = fuse_write_out()
       out.size = pending.size
       // ENOENT: the writer was interrupted meanwhile; nothing is owed.
-      _ = writeMessage(fd, replyMessage(unique: pending.unique, payload: bytes(of: out)))
+      try? writeMessage(fd, replyMessage(unique: pending.unique, payload: bytes(of: out)))
     }
     return mount
   }
@@ -248,14 +253,13 @@ public final class ControlMount: Sendable {
     let onThread = isServingThread
     let (thread, wake) = shared.withLock { shared in
       shared.stopRequested = true
-      if onThread { return (pthread_t?.none, shared.wake) }
+      if onThread { return (SystemThread?.none, shared.wake) }
       defer { shared.thread = nil }
       return (shared.thread, shared.wake)
     }
     guard !onThread, let thread, let wake else { return }
-    var byte: UInt8 = 1
-    _ = write(wake.write, &byte, 1)
-    pthread_join(thread, nil)
+    try? wake.write.writeAll([1])
+    thread.join()
   }
 
   /// Stops serving and unmounts: the clean shutdown of a service.
@@ -271,7 +275,7 @@ public final class ControlMount: Sendable {
     precondition(!isServingThread, "ControlMount.unmount() from its own handler")
     stop()
     guard takeDescriptor() else { return }
-    defer { closeDescriptor(fileDescriptor) }
+    defer { FileDescriptor(rawValue: fileDescriptor).closeIgnoringErrors() }
     try Mounting.unmount(mountPoint, lazy: false, fusermount: fusermount)
   }
 
@@ -283,7 +287,7 @@ public final class ControlMount: Sendable {
   public func abandon() {
     precondition(!isServingThread, "ControlMount.abandon() from its own handler")
     stop()
-    if takeDescriptor() { closeDescriptor(fileDescriptor) }
+    if takeDescriptor() { FileDescriptor(rawValue: fileDescriptor).closeIgnoringErrors() }
   }
 
   /// Stops serving and gives up the connection without closing it or
@@ -316,12 +320,20 @@ public final class ControlMount: Sendable {
 
   /// Starts the serving thread.
   private func startServing() throws(ControlMountError) {
-    var pipe: [Int32] = [-1, -1]
-    try check("pipe2", cfuse_pipe_cloexec(&pipe))
-    shared.withLock { $0.wake = (pipe[0], pipe[1]) }
-    let wake = pipe[0]
-    let thread = try startThread { [self] in serve(wake: wake) }
+    let pipe = try checked { () throws(SystemCallError) in try FileDescriptor.pipe() }
+    shared.withLock { $0.wake = (pipe.read, pipe.write) }
+    let wake = pipe.read.rawValue
+    let thread = try checked { () throws(SystemCallError) in
+      try SystemThread.joinable(name: "kho-fuse") { [self] in serve(wake: wake) }
+    }
     shared.withLock { $0.thread = thread }
+  }
+
+  /// Why serving ended, when a failed system call ended it (a `read` of
+  /// /dev/fuse failing with `EIO`, say); nil while serving, and after a
+  /// clean stop or unmount.
+  public var servingError: SystemCallError? {
+    shared.withLock { $0.servingError }
   }
 
   /// The serving loop: one request at a time until stopped or unmounted.
@@ -346,12 +358,16 @@ public final class ControlMount: Sendable {
         pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0),
         pollfd(fd: wake, events: Int16(POLLIN), revents: 0),
       ]
-      let polled: Result<Int32, Errno> = systemCall { poll(&fds, 2, -1) }
-      guard case .success = polled else { return nil }
+      do throws(SystemCallError) {
+        guard try Poll.wait(&fds, timeoutMilliseconds: -1) > 0 else { continue }
+      } catch {
+        return endServing(error)
+      }
       if fds[1].revents != 0 { return nil }
       if fds[0].revents == 0 { continue }
-      let result: Result<Int, Errno> = buffer.withUnsafeMutableBytes { raw in
-        systemCall { read(fileDescriptor, raw.baseAddress, raw.count) }
+      let descriptor = FileDescriptor(rawValue: fileDescriptor)
+      let result: Result<Int, SystemCallError> = buffer.withUnsafeMutableBytes { raw in
+        Result { () throws(SystemCallError) in try descriptor.read(into: raw) }
       }
       switch result {
       case .success(let count):
@@ -362,10 +378,19 @@ public final class ControlMount: Sendable {
         }
       // ENOENT: the request was interrupted before we got it; EAGAIN: taken
       // by another reader.
-      case .failure(let error) where error.code == ENOENT || error.code == EAGAIN: continue
-      case .failure: return nil
+      case .failure(let error) where error.errno == .noSuchFile || error.errno == .tryAgain:
+        continue
+      // ENODEV: unmounted; the connection is over.
+      case .failure(let error) where error.errno == .noSuchDevice: return nil
+      case .failure(let error): return endServing(error)
       }
     }
+    return nil
+  }
+
+  /// Records why serving ends.
+  private func endServing(_ error: SystemCallError) -> Request? {
+    shared.withLock { $0.servingError = error }
     return nil
   }
 
@@ -386,7 +411,7 @@ public final class ControlMount: Sendable {
     // A forwarded write is the next image's to answer.
     if case .reply = outcome, forwarded { return false }
     if let message = outcome.message(unique: request.header.unique) {
-      _ = writeMessage(fileDescriptor, message)
+      try? writeMessage(fileDescriptor, message)
     }
     if case .destroy = outcome { return false }
     return !shared.withLock { $0.stopRequested }

@@ -1,3 +1,5 @@
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -6,8 +8,8 @@
 
 /// Why mounting, adopting, serving or unmounting a control mount failed.
 public enum ControlMountError: Error, Sendable, Hashable, CustomStringConvertible {
-  /// A system call failed: its name and errno.
-  case system(_ call: String, errno: Int32)
+  /// A system call failed: the C function and its errno.
+  case system(SystemCallError)
   /// `fusermount3` exited with this status (it printed why on stderr).
   case fusermount(status: Int32)
   /// No `fusermount3` executable was found, and the process is not root.
@@ -19,8 +21,7 @@ public enum ControlMountError: Error, Sendable, Hashable, CustomStringConvertibl
 
   public var description: String {
     switch self {
-    case .system(let call, let errno):
-      "\(call): \(String(cString: strerror(errno))) (errno \(errno))"
+    case .system(let error): "\(error)"
     case .fusermount(let status): "fusermount3 failed with status \(status)"
     case .fusermountNotFound: "fusermount3 not found"
     case .protocolMismatch(let why): "FUSE protocol: \(why)"

@@ -55,7 +55,7 @@ public struct KexecImage: Sendable, Hashable {
 
   /// An image from its argument vector, whose first element is the
   /// executable's absolute path.
-  public init(arguments: [String]) throws(FileError) {
+  public init(arguments: [String]) throws(Errno) {
     guard let first = arguments.first, first.hasPrefix("/"),
       arguments.allSatisfy({ !$0.utf8.contains(0) })
     else { throw .invalidArgument }
@@ -66,7 +66,7 @@ public struct KexecImage: Sendable, Hashable {
   ///
   /// - Throws: EINVAL for an empty write, a relative executable path, or
   ///   bytes that are not UTF-8.
-  public init(parsing bytes: [UInt8]) throws(FileError) {
+  public init(parsing bytes: [UInt8]) throws(Errno) {
     let separator: UInt8 = bytes.contains(0) ? 0 : UInt8(ascii: "\n")
     var fields = bytes.split(separator: separator, omittingEmptySubsequences: false)
     if fields.last?.isEmpty == true { fields.removeLast() }
@@ -97,7 +97,7 @@ public enum KexecMode: String, Sendable, CaseIterable {
   /// Parses one write: a mode name, optionally followed by a newline.
   ///
   /// - Throws: EINVAL for anything else.
-  public init(parsing bytes: [UInt8]) throws(FileError) {
+  public init(parsing bytes: [UInt8]) throws(Errno) {
     let text = bytes.last == UInt8(ascii: "\n") ? bytes.dropLast() : bytes[...]
     guard let mode = KexecMode(rawValue: String(decoding: text, as: UTF8.self)) else {
       throw .invalidArgument
@@ -114,7 +114,7 @@ extension ControlFile {
   /// optionally followed by a newline.
   ///
   /// - Throws: EINVAL for anything else.
-  public static func parseTrigger(_ bytes: [UInt8]) throws(FileError) {
+  public static func parseTrigger(_ bytes: [UInt8]) throws(Errno) {
     guard bytes == [UInt8(ascii: "1")] || bytes == Array("1\n".utf8) else { throw .invalidArgument }
   }
 }

@@ -1,4 +1,5 @@
 import CFUSEKernel
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -106,16 +107,17 @@ enum Handshake {
   private static func readInit(fd: Int32, buffer: inout [UInt8]) throws(ControlMountError)
     -> Request
   {
-    var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-    let ready = try systemCall("poll /dev/fuse") { poll(&poller, 1, timeoutMilliseconds) }
-    guard ready > 0 else {
+    let descriptor = FileDescriptor(rawValue: fd)
+    let ready = try checked { () throws(SystemCallError) in
+      try descriptor.waitReadable(timeoutMilliseconds: timeoutMilliseconds)
+    }
+    guard ready else {
       throw .protocolMismatch("no FUSE_INIT within \(timeoutMilliseconds) ms")
     }
-    let result: Result<Int, Errno> = buffer.withUnsafeMutableBytes { raw in
-      systemCall { read(fd, raw.baseAddress, raw.count) }
+    let result: Result<Int, SystemCallError> = buffer.withUnsafeMutableBytes { raw in
+      Result { () throws(SystemCallError) in try descriptor.read(into: raw) }
     }
-    let count = try result.mapError { ControlMountError.system("read /dev/fuse", errno: $0.code) }
-      .get()
+    let count = try checked { () throws(SystemCallError) in try result.get() }
     guard
       let request = buffer.withUnsafeBytes({
         Request(UnsafeRawBufferPointer(rebasing: $0[..<count]))
@@ -127,7 +129,6 @@ enum Handshake {
 
   /// Writes one reply, throwing on failure.
   private static func send(_ fd: Int32, _ message: [UInt8]) throws(ControlMountError) {
-    let error = writeMessage(fd, message)
-    if error != 0 { throw .system("write /dev/fuse", errno: error) }
+    try checked { () throws(SystemCallError) in try writeMessage(fd, message) }
   }
 }

@@ -1,4 +1,5 @@
 import CFUSEKernel
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -19,7 +20,9 @@ enum Mounting {
   static func absolute(_ path: String) throws(ControlMountError) -> String {
     if path.hasPrefix("/") { return path }
     var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-    guard getcwd(&buffer, buffer.count) != nil else { throw .system("getcwd", errno: ERANGE) }
+    guard getcwd(&buffer, buffer.count) != nil else {
+      throw .system(SystemCallError("getcwd", .outOfRange))
+    }
     let cwd = String(
       decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return cwd == "/" ? "/" + path : cwd + "/" + path
@@ -30,14 +33,18 @@ enum Mounting {
   /// there would hide nothing but confuse everyone. Creates `path` (one
   /// level, mode 0755) if it does not exist.
   static func prepareMountPoint(_ path: String, fusermount: String?) throws(ControlMountError) {
-    switch statErrno(path) {
-    case 0: return
-    case ENOTCONN, ECONNABORTED:
-      try unmount(path, lazy: true, fusermount: fusermount)
-    case ENOENT:
-      _ = try systemCall("mkdir \(path)") { mkdir(path, 0o755) }
-    case let error:
-      throw .system("stat \(path)", errno: error)
+    do throws(SystemCallError) {
+      _ = try FileSystem.status(path)
+    } catch {
+      switch error.errno.rawValue {
+      case ENOTCONN, ECONNABORTED:
+        try unmount(path, lazy: true, fusermount: fusermount)
+      case ENOENT:
+        try checked { () throws(SystemCallError) in try FileSystem.makeDirectory(path, mode: 0o755)
+        }
+      default:
+        throw .system(error)
+      }
     }
   }
 
@@ -45,16 +52,18 @@ enum Mounting {
   static func mountDirect(at path: String, name: String, allowOther: Bool) throws(ControlMountError)
     -> Int32
   {
-    let fd = try systemCall("open /dev/fuse") { open("/dev/fuse", O_RDWR | O_CLOEXEC) }
-    var options = "fd=\(fd),rootmode=40000,user_id=\(geteuid()),group_id=\(getegid())"
+    let fd = try checked { () throws(SystemCallError) in
+      try FileDescriptor.open("/dev/fuse", O_RDWR)
+    }
+    var options = "fd=\(fd.rawValue),rootmode=40000,user_id=\(geteuid()),group_id=\(getegid())"
     options += ",default_permissions" + (allowOther ? ",allow_other" : "")
     do {
-      try check("mount \(path)", cfuse_mount(name, path, name, options))
+      try Mounts.mount(source: name, target: path, type: "fuse.\(name)", options: options)
     } catch {
-      closeDescriptor(fd)
-      throw error
+      fd.closeIgnoringErrors()
+      throw .system(error)
     }
-    return fd
+    return fd.rawValue
   }
 
   /// Mounts through `fusermount3`, which opens /dev/fuse, mounts, and sends
@@ -62,36 +71,59 @@ enum Mounting {
   static func mountWithFusermount(
     at path: String, name: String, allowOther: Bool, fusermount: String
   ) throws(ControlMountError) -> Int32 {
-    var pair: [Int32] = [-1, -1]
-    try check("socketpair", cfuse_socketpair_cloexec(&pair))
-    defer { closeDescriptor(pair[0]) }
+    let pair = try checked { () throws(SystemCallError) in try FileDescriptor.socketPair() }
+    defer { pair.0.closeIgnoringErrors() }
     let options =
       "default_permissions,fsname=\(name),subtype=\(name)" + (allowOther ? ",allow_other" : "")
     let child: pid_t
     do {
-      child = try spawn(fusermount, ["-o", options, "--", path], commFd: pair[1])
+      child = try spawn(fusermount, ["-o", options, "--", path], commFd: pair.1.rawValue)
     } catch {
-      closeDescriptor(pair[1])
+      pair.1.closeIgnoringErrors()
       throw error
     }
-    closeDescriptor(pair[1])
-    var fd: Int32 = -1
-    let received = cfuse_receive_fd(pair[0], &fd)
+    pair.1.closeIgnoringErrors()
+    let received = receiveDescriptor(pair.0)
     let status = try wait(child)
-    if received != 0 {
+    switch received {
+    case .success(let fd): return fd.rawValue
+    case .failure(let error):
       if status != 0 { throw .fusermount(status: status) }
-      throw .system("receive /dev/fuse fd from fusermount3", errno: received)
+      throw .system(error)
     }
-    return fd
+  }
+
+  /// The /dev/fuse fd fusermount3 sends: one message with one fd.
+  /// ECONNRESET: it closed without sending; EPROTO: a message without one.
+  private static func receiveDescriptor(_ socket: FileDescriptor) -> Result<
+    FileDescriptor, SystemCallError
+  > {
+    var byte: UInt8 = 0
+    let received = withUnsafeMutableBytes(of: &byte) { buffer in
+      Result { () throws(SystemCallError) in
+        try socket.receiveMessage(into: buffer, maxDescriptors: 1)
+      }
+    }
+    switch received {
+    case .failure(let error): return .failure(error)
+    case .success(let message):
+      if let fd = message.descriptors.first { return .success(fd) }
+      let errno: Errno =
+        message.byteCount == 0 ? Errno(rawValue: ECONNRESET) : Errno(rawValue: EPROTO)
+      return .failure(SystemCallError("recvmsg", errno))
+    }
   }
 
   /// Unmounts `path`: umount2(2) as root, `fusermount3 -u` otherwise. A
   /// busy mount (a caller still has a file open) is detached lazily.
   static func unmount(_ path: String, lazy: Bool, fusermount: String?) throws(ControlMountError) {
     if geteuid() == 0 {
-      let result = cfuse_umount(path, lazy ? 1 : 0)
-      if result == EBUSY && !lazy { return try unmount(path, lazy: true, fusermount: fusermount) }
-      try check("umount \(path)", result)
+      do { try Mounts.unmount(path, lazy: lazy) } catch {
+        if error.errno == .resourceBusy && !lazy {
+          return try unmount(path, lazy: true, fusermount: fusermount)
+        }
+        throw .system(error)
+      }
       return
     }
     guard let fusermount else { throw .fusermountNotFound }
@@ -103,7 +135,7 @@ enum Mounting {
   /// The `fusermount3` to use: the given one, else the first installed.
   static func findFusermount(_ given: String?) -> String? {
     if let given { return given }
-    return fusermountCandidates.first { access($0, X_OK) == 0 }
+    return fusermountCandidates.first { FileSystem.isExecutable($0) }
   }
 
   /// Starts `executable` with `arguments` and a minimal environment; with
@@ -111,28 +143,20 @@ enum Mounting {
   static func spawn(_ executable: String, _ arguments: [String], commFd: Int32? = nil)
     throws(ControlMountError) -> pid_t
   {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
     var environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
-    if let commFd {
-      // dup2 onto 3 also clears close-on-exec when commFd is already 3.
-      posix_spawn_file_actions_adddup2(&actions, commFd, 3)
-      environment.append("_FUSE_COMMFD=3")
+    if commFd != nil { environment.append("_FUSE_COMMFD=3") }
+    return try checked { () throws(SystemCallError) in
+      try ProcessOperations.spawn(
+        path: executable, arguments: [executable] + arguments, environment: environment,
+        inheriting: [], moving: commFd.map { [(from: $0, to: Int32(3))] } ?? [])
     }
-    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-    let envp = environment.map { strdup($0) } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
-    var pid = pid_t()
-    let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-    try check("posix_spawn \(executable)", result)
-    return pid
   }
 
   /// Waits for `child` and returns its exit status (128 + signal if killed).
   static func wait(_ child: pid_t) throws(ControlMountError) -> Int32 {
-    var status: Int32 = 0
-    _ = try systemCall("waitpid") { waitpid(child, &status, 0) }
+    let status = try checked { () throws(SystemCallError) in
+      try ProcessOperations.wait(for: child)
+    }
     // WIFEXITED and WEXITSTATUS are macros Swift cannot see.
     return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
   }

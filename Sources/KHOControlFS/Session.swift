@@ -177,10 +177,10 @@ struct Session {
 
   /// The file behind an open node, which may have gone away since the open
   /// (ENODEV, as kernfs gives for a removed attribute).
-  private func openFile(_ request: Request) -> Result<ControlFile, FileError> {
+  private func openFile(_ request: Request) -> Result<ControlFile, Errno> {
     guard let node = tree.nodes[request.header.nodeid] else { return .failure(.noSuchFile) }
-    guard case .file(let file) = node.kind else { return .failure(FileError(errno: EISDIR)) }
-    guard file.isPresent() else { return .failure(.noDevice) }
+    guard case .file(let file) = node.kind else { return .failure(Errno(rawValue: EISDIR)) }
+    guard file.isPresent() else { return .failure(.noSuchDevice) }
     return .success(file)
   }
 
@@ -195,7 +195,7 @@ struct Session {
       let count = Int(arguments.size)
       return .reply(Array(try reader(offset, count).prefix(count)))
     } catch {
-      return .error(error.errno)
+      return .error(error.rawValue)
     }
   }
 
@@ -218,7 +218,7 @@ struct Session {
         try writer(data)
       }
     } catch {
-      return .error(error.errno)
+      return .error(error.rawValue)
     }
     var out = fuse_write_out()
     out.size = arguments.size

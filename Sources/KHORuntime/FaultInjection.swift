@@ -1,5 +1,7 @@
 import Synchronization
 
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #endif

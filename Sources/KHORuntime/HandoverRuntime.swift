@@ -1,4 +1,5 @@
 import KHO
+import KHOSystem
 import Logging
 import Synchronization
 
@@ -115,7 +116,14 @@ public final class HandoverRuntime: Sendable {
   public static func boot(
     _ options: KHOOptions, logger: Logger = Logger(label: "kho.runtime")
   ) throws(KHOBootError) -> HandoverRuntime {
+    armInjectedFaults(logger)
     AddressSpaceHolder.reapInherited()
+    // Read before anything else may start a child: the location goes to
+    // the KHO core, which knows no environment.
+    let handover = Environment.take(HandoverRecord.environmentName).map {
+      value -> Result<HandoverLocation, HandoverError> in
+      Result { () throws(HandoverError) in try HandoverLocation(parsing: value) }
+    }
     let handshake = Handshake.inheritedEnds()
     var inherited = NamedFileDescriptors()
     var namesUnreadable = false
@@ -137,12 +145,15 @@ public final class HandoverRuntime: Sendable {
     let keptArena = passed.first { $0.name == ListenFileDescriptors.arenaName }?.fd
     for (name, fd) in passed where name != ListenFileDescriptors.arenaName {
       if inherited[name] == nil, (try? inherited.register(fd, name: name)) != nil { continue }
-      close(fd)
+      FileDescriptor(rawValue: fd).closeIgnoringErrors()
     }
     let kho = try KHO.boot(
-      options, crashed: keptArena.map { FileDescriptor(rawValue: $0) }, logger: logger)
+      options, handover: handover, crashed: keptArena.map { FileDescriptor(rawValue: $0) },
+      logger: logger)
     if kho.incoming?.kind == .handover { FaultInjection.reach(FaultInjection.afterExec) }
-    if let keptArena, keptArena != kho.arena.fd.rawValue { close(keptArena) }
+    if let keptArena, keptArena != kho.arena.fd.rawValue {
+      FileDescriptor(rawValue: keptArena).closeIgnoringErrors()
+    }
     let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
     // A handover's exec keeps only the fds it names: anything else open in
     // a KHO boot came from a predecessor that could not name it.
@@ -151,7 +162,7 @@ public final class HandoverRuntime: Sendable {
       namesUnreadable || kho.isKHOBoot
       ? openDescriptors().filter { $0 > 2 && !known.contains($0) && !named.contains($0) } : []
     for fd in known + named + stray {
-      _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+      try? FileDescriptor(rawValue: fd).setCloseOnExec(true)
     }
     if !stray.isEmpty {
       logger.error("kho: fds \(stray) were handed over without a usable name")
@@ -165,6 +176,24 @@ public final class HandoverRuntime: Sendable {
     }
     runtime.keepAcrossCrash(kho.arena.fd.rawValue, name: ListenFileDescriptors.arenaName)
     return runtime
+  }
+
+  /// The variable naming system calls to fail in this process, for tests
+  /// of error paths: `FUNCTION:ERRNO[:SKIP[:COUNT]]`, comma-separated (see
+  /// `SystemCallFaults.Fault(parsing:)`), for example `execve:EACCES`. It
+  /// applies to this image only: it is removed from the environment.
+  public static let faultEnvironmentName = "KHO_FAULT_SYSCALL"
+
+  private static func armInjectedFaults(_ logger: Logger) {
+    guard let value = Environment.take(faultEnvironmentName) else { return }
+    for spec in value.split(separator: ",") {
+      guard let fault = SystemCallFaults.Fault(parsing: spec) else {
+        logger.error("kho: ignoring malformed \(faultEnvironmentName) entry \"\(spec)\"")
+        continue
+      }
+      logger.warning("kho: injecting a system call fault: \(fault)")
+      SystemCallFaults.injectProcessWide(fault)
+    }
   }
 
   /// Registers `fd` to be handed to the next image as `name`; unless
@@ -352,7 +381,7 @@ public final class HandoverRuntime: Sendable {
 
   /// Kills `pid` and waits for it; returns how it ended.
   private static func killAndReap(_ pid: pid_t) -> String? {
-    kill(pid, SIGKILL)
+    try? ProcessOperations.signal(pid, SIGKILL)
     guard let status = reap(pid) else { return nil }
     let signal = status & 0x7f
     if signal == 0 { return "exit status \((status >> 8) & 0xff)" }

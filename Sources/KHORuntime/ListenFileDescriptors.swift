@@ -1,3 +1,5 @@
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -33,7 +35,7 @@ public enum ListenFileDescriptors {
     var result: [(name: String, fd: Int32)] = []
     for i in 0..<count {
       let fd = start + Int32(i)
-      guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { continue }
+      guard (try? FileDescriptor(rawValue: fd).setCloseOnExec(true)) != nil else { continue }
       let name = names.flatMap { i < $0.count && !$0[i].isEmpty ? $0[i] : nil } ?? "unknown"
       result.append((name, fd))
     }

@@ -1,3 +1,5 @@
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -55,7 +57,7 @@ public struct NamedFileDescriptors: Sendable, Equatable {
   public mutating func register(_ fd: Int32, name: String) throws(Failure) {
     guard Self.isValidName(name) else { throw .badName(name) }
     guard self[name] == nil else { throw .duplicateName(name) }
-    guard fcntl(fd, F_GETFD) != -1 else { throw .notOpen(name: name, fd: fd) }
+    guard FileDescriptor(rawValue: fd).isOpen else { throw .notOpen(name: name, fd: fd) }
     entries.append((name, fd))
   }
 

@@ -1,4 +1,4 @@
-import CKHORuntime
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -31,16 +31,11 @@ public struct SDNotifier: Sendable {
   /// The corresponding C function is `sendmsg`.
   public func notify(_ fields: [String], fd: Int32? = nil) throws(SystemCallError) {
     guard let socketPath else { return }
-    let sock = try retryingOnInterrupt("socket") {
-      socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    }
-    defer { close(sock) }
+    let socket = try FileDescriptor.datagramSocket()
+    defer { socket.closeIgnoringErrors() }
     let message = Array(fields.joined(separator: "\n").utf8)
-    var err: Int32 = 0
-    let sent = message.withUnsafeBytes { bytes in
-      ckho_send_datagram(sock, socketPath, bytes.baseAddress, bytes.count, fd ?? -1, &err)
-    }
-    if sent < 0 { throw SystemCallError("sendmsg", errno: err) }
+    _ = try socket.sendMessage(
+      message, descriptors: fd.map { [FileDescriptor(rawValue: $0)] } ?? [], to: socketPath)
   }
 
   /// `READY=1` with an optional `STATUS=`.
@@ -90,19 +85,20 @@ public struct SDNotifier: Sendable {
 public enum Environment {
   /// The value of `name`, or `nil`.
   public static func value(of name: String) -> String? {
-    getenv(name).map { String(cString: $0) }
+    ProcessOperations.environmentValue(name)
+  }
+
+  /// The value of `name`, removed from the environment, so that it is not
+  /// passed on to children or to the next image unless given again.
+  ///
+  /// The corresponding C functions are `getenv` and `unsetenv`.
+  public static func take(_ name: String) -> String? {
+    defer { unsetenv(name) }
+    return value(of: name)
   }
 
   /// The whole environment as `KEY=VALUE` strings.
-  public static func current() -> [String] {
-    var result: [String] = []
-    guard var p = ckho_environ() else { return result }
-    while let entry = p.pointee {
-      result.append(String(cString: entry))
-      p += 1
-    }
-    return result
-  }
+  public static func current() -> [String] { ProcessOperations.environment() }
 
   /// `environment` with `updates` set (a `nil` value removes the key).
   public static func merging(_ environment: [String], _ updates: [String: String?]) -> [String] {

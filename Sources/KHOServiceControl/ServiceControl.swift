@@ -176,8 +176,8 @@ public final class ServiceControl: Sendable {
   /// before the control exists.
   private final class ControlBox: Sendable {
     let control = Mutex<ServiceControl?>(nil)
-    func with<R>(_ body: (ServiceControl) throws(FileError) -> R) throws(FileError) -> R {
-      guard let c = control.withLock({ $0 }) else { throw FileError(errno: EAGAIN) }
+    func with<R>(_ body: (ServiceControl) throws(Errno) -> R) throws(Errno) -> R {
+      guard let c = control.withLock({ $0 }) else { throw Errno(rawValue: EAGAIN) }
       return try body(c)
     }
   }
@@ -187,25 +187,25 @@ public final class ServiceControl: Sendable {
     for attribute in attributes.table {
       files[attribute.path] = attributeFile(attribute.path, UInt32(attribute.mode), box)
     }
-    files[ExtraPaths.generation] = .attribute(mode: 0o444) { () throws(FileError) in
-      try box.with { c throws(FileError) in Array("\(c.runtime.kho.generation)\n".utf8) }
+    files[ExtraPaths.generation] = .attribute(mode: 0o444) { () throws(Errno) in
+      try box.with { c throws(Errno) in Array("\(c.runtime.kho.generation)\n".utf8) }
     }
-    files[ExtraPaths.preservedBytes] = .attribute(mode: 0o444) { () throws(FileError) in
-      try box.with { c throws(FileError) in KHOAttributes.hexShow(c.preservedBytes) }
+    files[ExtraPaths.preservedBytes] = .attribute(mode: 0o444) { () throws(Errno) in
+      try box.with { c throws(Errno) in KHOAttributes.hexShow(c.preservedBytes) }
     }
-    files[ExtraPaths.boot] = .attribute(mode: 0o444) { () throws(FileError) in
-      try box.with { c throws(FileError) in
+    files[ExtraPaths.boot] = .attribute(mode: 0o444) { () throws(Errno) in
+      try box.with { c throws(Errno) in
         Array("\(c.runtime.kho.incoming?.kind.rawValue ?? "cold")\n".utf8)
       }
     }
-    files[ExtraPaths.preservationDT] = .attribute(mode: 0o400) { () throws(FileError) in
-      try box.with { c throws(FileError) in
-        guard let tree = c.runtime.kho.preservation?.tree else { throw FileError(errno: ENOENT) }
+    files[ExtraPaths.preservationDT] = .attribute(mode: 0o400) { () throws(Errno) in
+      try box.with { c throws(Errno) in
+        guard let tree = c.runtime.kho.preservation?.tree else { throw Errno(rawValue: ENOENT) }
         return tree.bytes
       }
     }
-    files[ExtraPaths.preservationRanges] = .attribute(mode: 0o444) { () throws(FileError) in
-      try box.with { c throws(FileError) in
+    files[ExtraPaths.preservationRanges] = .attribute(mode: 0o444) { () throws(Errno) in
+      try box.with { c throws(Errno) in
         let ranges = c.runtime.kho.preservation?.ranges ?? []
         return Array(
           ranges.map {
@@ -214,23 +214,23 @@ public final class ServiceControl: Sendable {
           .joined().utf8)
       }
     }
-    files[ControlPaths.kexecLoaded] = .attribute(mode: 0o444) { () throws(FileError) in
-      try box.with { c throws(FileError) in
+    files[ControlPaths.kexecLoaded] = .attribute(mode: 0o444) { () throws(Errno) in
+      try box.with { c throws(Errno) in
         Array((c.staged.withLock { $0.image } == nil ? "0\n" : "1\n").utf8)
       }
     }
     files[ControlPaths.kexecImage] = .offsetAttribute(
       mode: 0o600,
-      show: { () throws(FileError) in
-        try box.with { c throws(FileError) in c.staged.withLock { $0.image?.shown ?? [] } }
+      show: { () throws(Errno) in
+        try box.with { c throws(Errno) in c.staged.withLock { $0.image?.shown ?? [] } }
       },
-      store: { (offset, bytes) throws(FileError) in
+      store: { (offset, bytes) throws(Errno) in
         // A write at offset 0 starts a new image; later writes of the same
         // open continue it (a shell's printf writes argument by argument).
-        try box.with { c throws(FileError) in
-          try c.staged.withLock { (staged) throws(FileError) in
+        try box.with { c throws(Errno) in
+          try c.staged.withLock { (staged) throws(Errno) in
             let text = offset == 0 ? bytes : staged.text + bytes
-            guard text.count <= 4096 else { throw FileError(errno: E2BIG) }
+            guard text.count <= 4096 else { throw Errno(rawValue: E2BIG) }
             staged.image = try KexecImage(parsing: text)
             staged.text = text
           }
@@ -238,20 +238,20 @@ public final class ServiceControl: Sendable {
       })
     files[ControlPaths.kexecMode] = .attribute(
       mode: 0o600,
-      show: { () throws(FileError) in
-        try box.with { c throws(FileError) in c.staged.withLock { $0.mode.shown } }
+      show: { () throws(Errno) in
+        try box.with { c throws(Errno) in c.staged.withLock { $0.mode.shown } }
       },
-      store: { (bytes) throws(FileError) in
+      store: { (bytes) throws(Errno) in
         let mode = try KexecMode(parsing: bytes)
-        try box.with { c throws(FileError) in c.staged.withLock { $0.mode = mode } }
+        try box.with { c throws(Errno) in c.staged.withLock { $0.mode = mode } }
       })
-    files[ControlPaths.kexecUnload] = .trigger { (bytes) throws(FileError) in
+    files[ControlPaths.kexecUnload] = .trigger { (bytes) throws(Errno) in
       try ControlFile.parseTrigger(bytes)
-      try box.with { c throws(FileError) in c.staged.withLock { $0.image = nil } }
+      try box.with { c throws(Errno) in c.staged.withLock { $0.image = nil } }
     }
-    files[ControlPaths.kexecExecute] = .trigger { (bytes) throws(FileError) in
+    files[ControlPaths.kexecExecute] = .trigger { (bytes) throws(Errno) in
       try ControlFile.parseTrigger(bytes)
-      try box.with { c throws(FileError) in try c.execute() }
+      try box.with { c throws(Errno) in try c.execute() }
     }
     return ControlTree(files)
   }
@@ -261,23 +261,23 @@ public final class ServiceControl: Sendable {
     -> ControlFile
   {
     let size: @Sendable () -> Int? = {
-      try? box.with { (c) throws(FileError) -> Int in
-        do throws(KHOErrno) { return try c.runtime.kho.attributes.size(path) } catch {
-          throw FileError(errno: error.rawValue)
+      try? box.with { (c) throws(Errno) -> Int in
+        do throws(Errno) { return try c.runtime.kho.attributes.size(path) } catch {
+          throw Errno(rawValue: error.rawValue)
         }
       }
     }
-    let read: ControlFile.Reader = { (offset, count) throws(FileError) -> [UInt8] in
-      try box.with { (c) throws(FileError) -> [UInt8] in
-        do throws(KHOErrno) {
+    let read: ControlFile.Reader = { (offset, count) throws(Errno) -> [UInt8] in
+      try box.with { (c) throws(Errno) -> [UInt8] in
+        do throws(Errno) {
           return try c.runtime.kho.attributes.read(path, offset: UInt64(offset), count: count)
-        } catch { throw FileError(errno: error.rawValue) }
+        } catch { throw Errno(rawValue: error.rawValue) }
       }
     }
-    let write: ControlFile.Writer = { (bytes) throws(FileError) in
-      try box.with { (c) throws(FileError) in
-        do throws(KHOErrno) { try c.runtime.kho.attributes.write(path, bytes) } catch {
-          throw FileError(errno: error.rawValue)
+    let write: ControlFile.Writer = { (bytes) throws(Errno) in
+      try box.with { (c) throws(Errno) in
+        do throws(Errno) { try c.runtime.kho.attributes.write(path, bytes) } catch {
+          throw Errno(rawValue: error.rawValue)
         }
       }
     }
@@ -335,10 +335,10 @@ public final class ServiceControl: Sendable {
   /// `reboot(LINUX_REBOOT_CMD_KEXEC)`: hands over to the staged image. Runs
   /// on the mount's serving thread, off the service's event loops; other
   /// requests to the mount wait meanwhile.
-  private func execute() throws(FileError) {
+  private func execute() throws(Errno) {
     let (staged, mode) = self.staged.withLock { ($0.image, $0.mode) }
-    guard let staged else { throw FileError(errno: EINVAL) }
-    guard let current = ControlMount.current else { throw FileError(errno: EIO) }
+    guard let staged else { throw Errno(rawValue: EINVAL) }
+    guard let current = ControlMount.current else { throw Errno(rawValue: EIO) }
     var image = NextImage(path: staged.executable, arguments: staged.arguments)
     let state = current.prepareHandover(forwardingCurrentWrite: mode == .inPlace)
     image.environment = Environment.merging(
@@ -355,7 +355,7 @@ public final class ServiceControl: Sendable {
       let hooks = self.hooks
       let mount = current
       do {
-        try DetachedThread.start(name: "kho-committed") {
+        try SystemThread.detached(name: "kho-committed") {
           mount.stop()  // joins the serving thread: the reply is out
           hooks.committed()
         }
@@ -368,7 +368,7 @@ public final class ServiceControl: Sendable {
       }
     } catch {
       hooks.resumeServing()
-      throw FileError(errno: Self.errno(for: error))
+      throw Errno(rawValue: Self.errno(for: error))
     }
   }
 
@@ -377,7 +377,7 @@ public final class ServiceControl: Sendable {
     case .serialize: return EINVAL
     case .freeze(let e): return e.errno.rawValue
     case .load(let e): return e.errno.rawValue
-    case .launch(let e): return e.errno
+    case .launch(let e): return e.errno.rawValue
     case .successorFailed: return ECHILD
     case .timedOut: return ETIMEDOUT
     case .busy: return EBUSY

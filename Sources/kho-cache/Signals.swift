@@ -26,7 +26,7 @@ enum Signals {
   ) {
     let signals = [SIGHUP, SIGTERM, SIGINT]
     do {
-      try DetachedThread.start(name: "kho-signals") {
+      try SystemThread.detached(name: "kho-signals") {
         var set = sigset_t()
         sigemptyset(&set)
         for s in signals { sigaddset(&set, s) }

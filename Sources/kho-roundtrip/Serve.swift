@@ -72,11 +72,8 @@ struct LineService {
 
   private func readLine(_ fd: Int32) -> String? {
     var bytes: [UInt8] = []
-    var c: UInt8 = 0
     while bytes.count < 256 {
-      let n = read(fd, &c, 1)
-      if n < 0 && errno == EINTR { continue }
-      if n <= 0 { return nil }
+      guard let c = try? FileDescriptor(rawValue: fd).read(upTo: 1).first else { return nil }
       if c == UInt8(ascii: "\n") { break }
       bytes.append(c)
     }
@@ -84,7 +81,6 @@ struct LineService {
   }
 
   private func reply(_ fd: Int32, _ text: String) {
-    let bytes = Array(text.utf8)
-    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    _ = try? FileDescriptor(rawValue: fd).sendMessage(Array(text.utf8))
   }
 }

@@ -23,7 +23,7 @@ struct ToyKHO: Sendable {
     return ControlTree([
       "kernel/kho/active": .attribute(mode: 0o600) {
         Array((active.value ? "1\n" : "0\n").utf8)
-      } store: { bytes throws(FileError) in
+      } store: { bytes throws(Errno) in
         switch bytes.first {
         case UInt8(ascii: "1"): active.value = true
         case UInt8(ascii: "0"): active.value = false
@@ -251,14 +251,14 @@ struct ToyKHO: Sendable {
     let nextTree = nextKHO.tree
     let second = Shared<ControlMount?>(nil)
     let tree = ControlTree([
-      "kernel/kexec/execute": .trigger { _ throws(FileError) in
+      "kernel/kexec/execute": .trigger { _ throws(Errno) in
         let first = ControlMount.current!
         // The next image, spawned while this handler waits, adopts the
         // connection and answers what arrives meanwhile.
         second.value = try? ControlMount.adopt(
           fd: first.fileDescriptor, negotiated: first.prepareHandover(), tree: nextTree)
         let scratch = first.mountPoint + "/kernel/kho/scratch_len"
-        guard readText(scratch) == "0x2000\n" else { throw FileError(errno: EIO) }
+        guard readText(scratch) == "0x2000\n" else { throw Errno(rawValue: EIO) }
         // Ready: reply to the writer, then read no more.
         first.stop()
       },
@@ -275,9 +275,9 @@ struct ToyKHO: Sendable {
 
   @Test func aFailedExecRepliesWithItsErrorAndKeepsServing() throws {
     let tree = ControlTree([
-      "execute": .trigger { _ throws(FileError) in
+      "execute": .trigger { _ throws(Errno) in
         _ = ControlMount.current?.prepareHandover(forwardingCurrentWrite: true)
-        throw FileError(errno: ENOEXEC)
+        throw Errno(rawValue: ENOEXEC)
       }
     ])
     try withMount(tree) { _, root in

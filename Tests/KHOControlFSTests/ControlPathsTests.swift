@@ -16,18 +16,18 @@ import Testing
 
   @Test func imageRefusesEmptyAndRelative() {
     for bad in ["", "\n", "bin/true\n", "\0", "./svc"] {
-      #expect(throws: FileError.invalidArgument) { try KexecImage(parsing: Array(bad.utf8)) }
+      #expect(throws: Errno.invalidArgument) { try KexecImage(parsing: Array(bad.utf8)) }
     }
-    #expect(throws: FileError.invalidArgument) { try KexecImage(parsing: [0x2f, 0xff, 0x0a]) }
+    #expect(throws: Errno.invalidArgument) { try KexecImage(parsing: [0x2f, 0xff, 0x0a]) }
   }
 
   @Test func modeAndTriggers() throws {
     #expect(try KexecMode(parsing: Array("in-place\n".utf8)) == .inPlace)
     #expect(try KexecMode(parsing: Array("overlapped".utf8)) == .overlapped)
     #expect(KexecMode.overlapped.shown == Array("overlapped\n".utf8))
-    #expect(throws: FileError.invalidArgument) { try KexecMode(parsing: Array("fast\n".utf8)) }
+    #expect(throws: Errno.invalidArgument) { try KexecMode(parsing: Array("fast\n".utf8)) }
     #expect(throws: Never.self) { try ControlFile.parseTrigger(Array("1\n".utf8)) }
-    #expect(throws: FileError.invalidArgument) { try ControlFile.parseTrigger(Array("0\n".utf8)) }
-    #expect(throws: FileError.invalidArgument) { try ControlFile.parseTrigger([]) }
+    #expect(throws: Errno.invalidArgument) { try ControlFile.parseTrigger(Array("0\n".utf8)) }
+    #expect(throws: Errno.invalidArgument) { try ControlFile.parseTrigger([]) }
   }
 }

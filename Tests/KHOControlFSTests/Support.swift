@@ -36,15 +36,15 @@ func errnoOf(_ result: Int) -> Int32 { result < 0 ? errno : 0 }
 
 /// The contents of `path` read with read(2) in `chunk`-byte calls, or the
 /// errno of the open or of a read.
-func readFile(_ path: String, chunk: Int = 4096) -> Result<[UInt8], FileError> {
+func readFile(_ path: String, chunk: Int = 4096) -> Result<[UInt8], Errno> {
   let fd = open(path, O_RDONLY)
-  guard fd >= 0 else { return .failure(FileError(errno: errno)) }
+  guard fd >= 0 else { return .failure(Errno(rawValue: errno)) }
   defer { close(fd) }
   var contents: [UInt8] = []
   var buffer = [UInt8](repeating: 0, count: chunk)
   while true {
     let count = read(fd, &buffer, chunk)
-    if count < 0 { return .failure(FileError(errno: errno)) }
+    if count < 0 { return .failure(Errno(rawValue: errno)) }
     if count == 0 { return .success(contents) }
     contents += buffer[..<count]
   }
@@ -130,11 +130,11 @@ final class Shared<Value: Sendable>: Sendable {
 /// mount is switched.
 final class BackgroundCall<Result: Sendable>: Sendable {
   private let result = Shared<Result?>(nil)
-  private let thread: pthread_t
+  private let thread: SystemThread
 
   init(_ body: @escaping @Sendable () -> Result) throws {
     let result = self.result
-    thread = try startThread { result.value = body() }
+    thread = try SystemThread.joinable(name: "kho-test-call") { result.value = body() }
   }
 
   /// Whether `body` has returned.
@@ -142,7 +142,7 @@ final class BackgroundCall<Result: Sendable>: Sendable {
 
   /// Waits for `body` and returns its result.
   func join() -> Result {
-    pthread_join(thread, nil)
+    thread.join()
     return result.value!
   }
 }

@@ -1,4 +1,4 @@
-import CKHORuntime
+import KHOSystem
 import Testing
 
 @testable import KHORuntime
@@ -37,15 +37,14 @@ final class FakeServiceManager {
   /// the fd it carried, if any.
   func receive() -> (message: String, fd: Int32)? {
     var buffer = [UInt8](repeating: 0, count: 4096)
-    var fdReceived: Int32 = -1
-    var err: Int32 = 0
-    let flags = fcntl(fd, F_GETFL)
-    _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-    let n = buffer.withUnsafeMutableBytes {
-      ckho_recv_datagram(fd, $0.baseAddress, $0.count, &fdReceived, &err)
+    let received = buffer.withUnsafeMutableBytes {
+      try? FileDescriptor(rawValue: fd).receiveMessage(into: $0, flags: Int32(MSG_DONTWAIT))
     }
-    guard n >= 0 else { return nil }
-    return (String(decoding: buffer[..<n], as: UTF8.self), fdReceived)
+    guard let received else { return nil }
+    return (
+      String(decoding: buffer[..<received.byteCount], as: UTF8.self),
+      received.descriptors.first?.rawValue ?? -1
+    )
   }
 }
 
@@ -72,8 +71,8 @@ final class FakeServiceManager {
   @Test func storesAnFDWithItsName() throws {
     let manager = try FakeServiceManager()
     let notifier = SDNotifier(socketPath: manager.path)
-    var fds: [Int32] = [-1, -1]
-    #expect(ckho_pipe_cloexec(&fds) == 0)
+    let pipe = try FileDescriptor.pipe()
+    let fds = [pipe.read.rawValue, pipe.write.rawValue]
     defer {
       close(fds[0])
       close(fds[1])

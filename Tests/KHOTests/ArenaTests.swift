@@ -26,10 +26,10 @@ import Testing
 
   @Test func sealsRefuseShrinkAndGrowWithEPERM() throws {
     let arena = try Arena(size: 1 << 20)
-    #expect(throws: SystemError(errno: EPERM, function: "ftruncate")) {
+    #expect(throws: SystemCallError("ftruncate", Errno(rawValue: EPERM))) {
       try arena.fd.truncate(to: 4096)
     }
-    #expect(throws: SystemError(errno: EPERM, function: "ftruncate")) {
+    #expect(throws: SystemCallError("ftruncate", Errno(rawValue: EPERM))) {
       try arena.fd.truncate(to: 2 << 20)
     }
     #expect(try arena.fd.status().size == 1 << 20)
@@ -109,7 +109,7 @@ import Testing
       try Arena(adopting: FileDescriptor(rawValue: 9999), size: 1 << 20, pageSize: .small)
     } throws: { error in
       guard case .badDescriptor(9999, let e) = error as? ArenaError else { return false }
-      return e.errno == EBADF && e.description == "fstat: Bad file descriptor (EBADF)"
+      return e.errno.rawValue == EBADF && e.description == "fstat: Bad file descriptor (EBADF)"
     }
   }
 
@@ -150,13 +150,13 @@ import Testing
       try Arena(adopting: fd, size: 1 << 20, pageSize: .small)
     } throws: { error in
       guard case .notSealable(_, let e) = error as? ArenaError else { return false }
-      return e.errno == EPERM
+      return e.errno.rawValue == EPERM
     }
   }
 
   @Test func systemErrorReadsWell() {
     #expect(
-      SystemError(errno: ENOMEM, function: "memfd_create").description
+      SystemCallError("memfd_create", Errno(rawValue: ENOMEM)).description
         == "memfd_create: Cannot allocate memory (ENOMEM)")
   }
 }

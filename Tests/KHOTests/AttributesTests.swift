@@ -70,9 +70,9 @@ import Testing
   @Test(arguments: ["\n", "2", "o", "x", " 1", "-1", "+1"])
   func activeStoreInvalid(input: String) throws {
     let a = make()
-    #expect(throws: KHOErrno.invalidArgument) { try a.write(P.active, bytes(input)) }
+    #expect(throws: Errno.invalidArgument) { try a.write(P.active, bytes(input)) }
     // Invalid input is EINVAL even without scratch: the parse comes first.
-    #expect(throws: KHOErrno.invalidArgument) {
+    #expect(throws: Errno.invalidArgument) {
       try make(scratch: 0..<0).write(P.active, bytes(input))
     }
   }
@@ -80,7 +80,7 @@ import Testing
   @Test(arguments: ["0", "1", "off", "on\n"])
   func activeStoreWithoutScratchIsENOMEM(input: String) throws {
     let a = make(scratch: 0..<0)
-    #expect(throws: KHOErrno.noMemory) { try a.write(P.active, bytes(input)) }
+    #expect(throws: Errno.noMemory) { try a.write(P.active, bytes(input)) }
     #expect(try text(a, P.active) == "0\n")
   }
 
@@ -101,10 +101,10 @@ import Testing
 
   @Test func activeStoreFailedSerializeIsEINVAL() throws {
     let a = make()
-    try a.outgoing.register(KHONotifier(name: "bad") { _ in throw KHOErrno.noMemory })
-    #expect(throws: KHOErrno.invalidArgument) { try a.write(P.active, bytes("1")) }
+    try a.outgoing.register(KHONotifier(name: "bad") { _ in throw Errno.noMemory })
+    #expect(throws: Errno.invalidArgument) { try a.write(P.active, bytes("1")) }
     #expect(try text(a, P.active) == "0\n")
-    #expect(throws: KHOErrno.noSuchFile) { try a.read(P.dt, offset: 0, count: 1) }
+    #expect(throws: Errno.noSuchFile) { try a.read(P.dt, offset: 0, count: 1) }
   }
 
   @Test(arguments: [
@@ -125,7 +125,7 @@ import Testing
       #expect(try a.write(P.dtMax, []) == 0)
     } else {
       // Overflow (ERANGE from kstrtoull) is reported as EINVAL too.
-      #expect(throws: KHOErrno.invalidArgument) { try a.write(P.dtMax, bytes(input)) }
+      #expect(throws: Errno.invalidArgument) { try a.write(P.dtMax, bytes(input)) }
     }
     #expect(try text(a, P.dtMax) == "0xa00000\n")
   }
@@ -133,9 +133,9 @@ import Testing
   @Test func dtMaxStoreIsBusyWhileActive() throws {
     let a = make()
     try a.write(P.active, bytes("1"))
-    #expect(throws: KHOErrno.resourceBusy) { try a.write(P.dtMax, bytes("0x1000")) }
+    #expect(throws: Errno.resourceBusy) { try a.write(P.dtMax, bytes("0x1000")) }
     // Parse errors still come first.
-    #expect(throws: KHOErrno.invalidArgument) { try a.write(P.dtMax, bytes("zz")) }
+    #expect(throws: Errno.invalidArgument) { try a.write(P.dtMax, bytes("zz")) }
     try a.write(P.active, bytes("0"))
     try a.write(P.dtMax, bytes("0x1000"))
     #expect(try text(a, P.dtMax) == "0x1000\n")
@@ -144,31 +144,31 @@ import Testing
   @Test func readOnlyFilesRefuseWrites() throws {
     let a = make()
     for path in [P.scratchLength, P.scratchPhysical] {
-      #expect(throws: KHOErrno.permissionDenied) { try a.write(path, bytes("1")) }
+      #expect(throws: Errno.permissionDenied) { try a.write(path, bytes("1")) }
     }
     try a.write(P.active, bytes("1"))
-    #expect(throws: KHOErrno.permissionDenied) { try a.write(P.dt, bytes("1")) }
+    #expect(throws: Errno.permissionDenied) { try a.write(P.dt, bytes("1")) }
   }
 
   @Test func writesAboveAPageAreE2BIG() throws {
     let a = make()
     let page = [UInt8](repeating: UInt8(ascii: "1"), count: 4096)
     #expect(try a.write(P.active, page) == 4096)
-    #expect(throws: KHOErrno.argumentListTooLong) { try a.write(P.active, page + [0x31]) }
-    #expect(throws: KHOErrno.argumentListTooLong) { try a.write(P.dtMax, page + [0x31]) }
+    #expect(throws: Errno.argumentListTooLong) { try a.write(P.active, page + [0x31]) }
+    #expect(throws: Errno.argumentListTooLong) { try a.write(P.dtMax, page + [0x31]) }
   }
 
   @Test func unknownPathIsENOENT() {
     let a = make()
-    #expect(throws: KHOErrno.noSuchFile) { try a.read("kernel/kho/nope", offset: 0, count: 1) }
-    #expect(throws: KHOErrno.noSuchFile) { try a.write("kernel/kho/nope", [0x31]) }
+    #expect(throws: Errno.noSuchFile) { try a.read("kernel/kho/nope", offset: 0, count: 1) }
+    #expect(throws: Errno.noSuchFile) { try a.write("kernel/kho/nope", [0x31]) }
   }
 
   @Test func dtExistsOnlyWhileActive() throws {
     let a = make()
     #expect(a.attribute(P.dt) == nil)
-    #expect(throws: KHOErrno.noSuchFile) { try a.read(P.dt, offset: 0, count: 4096) }
-    #expect(throws: KHOErrno.noSuchFile) { try a.size(P.dt) }
+    #expect(throws: Errno.noSuchFile) { try a.read(P.dt, offset: 0, count: 4096) }
+    #expect(throws: Errno.noSuchFile) { try a.size(P.dt) }
     try a.write(P.active, bytes("1"))
     let blob = try #require(a.outgoing.dt).bytes
     #expect(try a.size(P.dt) == blob.count)
@@ -182,27 +182,27 @@ import Testing
       try FlattenedDeviceTree(bytes: a.read(P.dt, offset: 0, count: blob.count)).root
         .property("compatible")?.string == "kho-v1")
     try a.write(P.active, bytes("0"))
-    #expect(throws: KHOErrno.noSuchFile) { try a.read(P.dt, offset: 0, count: 4096) }
+    #expect(throws: Errno.noSuchFile) { try a.read(P.dt, offset: 0, count: 4096) }
   }
 
   @Test func firmwareDTSlot() throws {
     let a = make()
-    #expect(throws: KHOErrno.noSuchFile) { try a.read(P.firmwareDT, offset: 0, count: 16) }
+    #expect(throws: Errno.noSuchFile) { try a.read(P.firmwareDT, offset: 0, count: 16) }
     a.setIncomingBlob { [1, 2, 3, 4] }
     #expect(try a.read(P.firmwareDT, offset: 1, count: 16) == [2, 3, 4])
     #expect(try a.size(P.firmwareDT) == 4)
-    #expect(throws: KHOErrno.permissionDenied) { try a.write(P.firmwareDT, [1]) }
+    #expect(throws: Errno.permissionDenied) { try a.write(P.firmwareDT, [1]) }
     a.setIncomingBlob(nil)
     #expect(a.attribute(P.firmwareDT) == nil)
   }
 
   @Test func errnoValuesAreTheKernels() {
-    #expect(KHOErrno.invalidArgument.rawValue == 22)
-    #expect(KHOErrno.noMemory.rawValue == 12)
-    #expect(KHOErrno.resourceBusy.rawValue == 16)
-    #expect(KHOErrno.noSuchFile.rawValue == 2)
-    #expect(KHOErrno.argumentListTooLong.rawValue == 7)
-    #expect(KHOErrno.permissionDenied.rawValue == 13)
-    #expect(KHOErrno.invalidArgument.description == "EINVAL (Invalid argument)")
+    #expect(Errno.invalidArgument.rawValue == 22)
+    #expect(Errno.noMemory.rawValue == 12)
+    #expect(Errno.resourceBusy.rawValue == 16)
+    #expect(Errno.noSuchFile.rawValue == 2)
+    #expect(Errno.argumentListTooLong.rawValue == 7)
+    #expect(Errno.permissionDenied.rawValue == 13)
+    #expect(Errno.invalidArgument.description == "EINVAL (Invalid argument)")
   }
 }

@@ -28,7 +28,7 @@ final class EventLog: Sendable {
       abort: { log.record(.abort) },
       freeze: {
         log.record(.freeze)
-        if refuseFreeze { throw KHOErrno.resourceBusy }
+        if refuseFreeze { throw Errno.resourceBusy }
       },
       unfreeze: { log.record(.unfreeze) })
   }
@@ -71,7 +71,7 @@ final class EventLog: Sendable {
     try kho.register(twoPhase(first, name: "first"))
     try kho.register(twoPhase(refusing, name: "refusing", refuseFreeze: true))
     try kho.serialize()
-    #expect(throws: SerializeError.notifier(errno: -KHOErrno.resourceBusy.rawValue)) {
+    #expect(throws: SerializeError.notifier(errno: -Errno.resourceBusy.rawValue)) {
       try kho.freeze()
     }
     #expect(kho.isActive && !kho.isFrozen)
@@ -101,9 +101,9 @@ final class EventLog: Sendable {
   @Test func withMutationRefusesFromDumpOn() throws {
     let kho = KHOOutgoing(scratch: scratch)
     try kho.serialize()
-    #expect(throws: KHOErrno.resourceBusy) { _ = try kho.withMutation { () throws(Never) in 1 } }
+    #expect(throws: Errno.resourceBusy) { _ = try kho.withMutation { () throws(Never) in 1 } }
     try kho.freeze()
-    #expect(throws: KHOErrno.resourceBusy) { _ = try kho.withMutation { () throws(Never) in 1 } }
+    #expect(throws: Errno.resourceBusy) { _ = try kho.withMutation { () throws(Never) in 1 } }
     kho.abort()
     #expect(try kho.withMutation { () throws(Never) in 1 }.get() == 1)
   }

@@ -38,7 +38,7 @@ import Testing
     try old.outgoing.serialize()
     var location = try old.load()
     location.fd = dup(location.fd)
-    let new = try KHO.boot(options, handover: location.description)
+    let new = try KHO.boot(options, handover: .success(location))
     return (old, new, ranges)
   }
 
@@ -105,20 +105,25 @@ import Testing
     try second.outgoing.serialize()
     var location = try second.load()
     location.fd = dup(location.fd)
-    let third = try KHO.boot(options, handover: location.description)
+    let third = try KHO.boot(options, handover: .success(location))
     #expect(third.generation == 2)
     #expect(third.scratch == second.scratch)
   }
 
+  /// The variable parsed as the runtime parses it.
+  func parse(_ value: String) -> Result<HandoverLocation, HandoverError> {
+    Result { () throws(HandoverError) in try HandoverLocation(parsing: value) }
+  }
+
   @Test func badVariableStartsColdWithTheReason() throws {
-    let kho = try KHO.boot(options, handover: "v1,fd=0,size=0x4000000,record=0x0")
+    let kho = try KHO.boot(options, handover: parse("v1,fd=0,size=0x4000000,record=0x0"))
     #expect(!kho.isKHOBoot)
     guard case .badArenaFD(let why) = kho.coldStartReason else {
       Issue.record("expected a bad arena fd, got \(String(describing: kho.coldStartReason))")
       return
     }
     #expect(why.contains("not a memfd"))
-    let garbled = try KHO.boot(options, handover: "garbage")
+    let garbled = try KHO.boot(options, handover: parse("garbage"))
     #expect(
       garbled.coldStartReason == .badEnvironment("\"garbage\" does not start with the version v1"))
   }

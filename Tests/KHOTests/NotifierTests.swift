@@ -100,7 +100,7 @@ final class CallLog: Sendable {
     let noSpace = KHONotifier(name: "full") { writer in
       throw FDTError(.noSpace, at: nil, "full")
     }
-    let busy = KHONotifier(name: "busy") { _ in throw KHOErrno.resourceBusy }
+    let busy = KHONotifier(name: "busy") { _ in throw Errno.resourceBusy }
     let fine = KHONotifier(name: "fine") { writer in
       try writer.beginNode("x")
       try writer.endNode()

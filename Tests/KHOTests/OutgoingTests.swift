@@ -87,7 +87,7 @@ final class EventCounter: Sendable {
         name: "failing", priority: -1,
         dump: { _ in
           bad.dumped()
-          throw KHOErrno.noMemory
+          throw Errno.noMemory
         }, abort: { bad.aborted() }))
     #expect(throws: SerializeError.notifier(errno: -12)) { try kho.serialize() }
     #expect(!kho.isActive)
@@ -153,7 +153,7 @@ final class EventCounter: Sendable {
       KHONotifier(name: "picky") { writer in
         counter.dumped()
         // Wants at least 8 KiB of room, and says so with -ENOSPC.
-        if writer.capacity ?? 0 < 8192 { throw KHOErrno.noSpace }
+        if writer.capacity ?? 0 < 8192 { throw Errno.noSpace }
       })
     try kho.serialize()
     #expect(counter.dumps == 3)  // 1K, then at least 4K, then 8K
@@ -167,7 +167,7 @@ final class EventCounter: Sendable {
         name: "bottomless",
         dump: { _ in
           counter.dumped()
-          throw KHOErrno.noSpace
+          throw Errno.noSpace
         }, abort: { counter.aborted() }))
     #expect(throws: SerializeError.noSpace(capacity: 4096 << 7, attempts: 8)) {
       try kho.serialize()
@@ -183,7 +183,7 @@ final class EventCounter: Sendable {
     try kho.setDTMax(0x1000)
     #expect(kho.dtMax == 0x1000)
     try kho.serialize()
-    #expect(throws: KHOErrno.resourceBusy) { try kho.setDTMax(0x2000) }
+    #expect(throws: Errno.resourceBusy) { try kho.setDTMax(0x2000) }
     #expect(kho.dtMax == 0x1000)
     kho.abort()
     try kho.setDTMax(0x2000)
@@ -197,7 +197,7 @@ final class EventCounter: Sendable {
     try kho.register(
       KHONotifier(name: "observer") { _ in
         seenActive.withLock { $0 = kho.isActive }
-        do throws(KHOErrno) {
+        do throws(Errno) {
           _ = try kho.withMutation { 1 }
         } catch {
           refused.withLock { $0 = error == .resourceBusy }
@@ -207,7 +207,7 @@ final class EventCounter: Sendable {
     try kho.serialize()
     #expect(seenActive.withLock { $0 } == true)
     #expect(refused.withLock { $0 })
-    #expect(throws: KHOErrno.resourceBusy) { _ = try kho.withMutation { 1 } }
+    #expect(throws: Errno.resourceBusy) { _ = try kho.withMutation { 1 } }
     kho.abort()
     #expect(try kho.withMutation { 7 }.get() == 7)
   }

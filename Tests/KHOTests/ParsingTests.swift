@@ -57,12 +57,12 @@ import Testing
 
   @Test(arguments: ["", "\n", "2", "o", "O", "ox", "o\n", " 1", "-1", "+1", "x", "\u{0}1", "Ja"])
   func rejects(input: String) {
-    #expect(throws: KHOErrno.invalidArgument) { try KernelParsing.kstrtobool(input) }
+    #expect(throws: Errno.invalidArgument) { try KernelParsing.kstrtobool(input) }
   }
 
   @Test func bytesStopAtNUL() throws {
     #expect(try KernelParsing.kstrtobool(bytes: [UInt8(ascii: "1"), 0, 0xff]) == true)
-    #expect(throws: KHOErrno.invalidArgument) { try KernelParsing.kstrtobool(bytes: [0, 0x31]) }
+    #expect(throws: Errno.invalidArgument) { try KernelParsing.kstrtobool(bytes: [0, 0x31]) }
   }
 }
 
@@ -85,7 +85,7 @@ import Testing
     "08", "09", "1a", "abc", "1K", "0b101", "1.5", "\n1",
   ])
   func invalid(input: String) {
-    #expect(throws: KHOErrno.invalidArgument) { try KernelParsing.kstrtoull(input) }
+    #expect(throws: Errno.invalidArgument) { try KernelParsing.kstrtoull(input) }
   }
 
   @Test(arguments: [
@@ -94,14 +94,14 @@ import Testing
   ])
   func overflow(input: String) {
     // The kernel reports overflow before looking at what follows.
-    #expect(throws: KHOErrno.outOfRange) { try KernelParsing.kstrtoull(input) }
+    #expect(throws: Errno.outOfRange) { try KernelParsing.kstrtoull(input) }
   }
 
   @Test func explicitBase() throws {
     #expect(try KernelParsing.kstrtoull("ff", base: 16) == 255)
     #expect(try KernelParsing.kstrtoull("0xff", base: 16) == 255)
     #expect(try KernelParsing.kstrtoull("010", base: 10) == 10)
-    #expect(throws: KHOErrno.invalidArgument) { try KernelParsing.kstrtoull("0x10", base: 10) }
+    #expect(throws: Errno.invalidArgument) { try KernelParsing.kstrtoull("0x10", base: 10) }
   }
 
   @Test func bytesStopAtNUL() throws {

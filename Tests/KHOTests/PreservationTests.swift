@@ -180,7 +180,7 @@ import Testing
     try old.outgoing.serialize()
     var location = try old.load()
     location.fd = dup(location.fd)
-    let new = try KHO.boot(options, handover: location.description)
+    let new = try KHO.boot(options, handover: .success(location))
     #expect(new.incoming?.kind == .handover)
     let preservation = try #require(new.preservation)
     #expect(preservation.sequence == 1)

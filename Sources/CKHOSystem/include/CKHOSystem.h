@@ -1,8 +1,13 @@
-// The system calls and constants of memfd, file seals and huge pages, which
-// Glibc's Swift module does not expose (they sit behind _GNU_SOURCE).
+// The C surface of swift-kho's system layer (the KHOSystem module): the
+// constants and calls that Glibc's Swift module does not expose (they sit
+// behind _GNU_SOURCE, are macros, or need the CMSG macros), and the few
+// sequences that must run in C (a child between fork and execve may only
+// make async-signal-safe calls).
 //
-// Every shim returns the call's result and stores errno into *err right after
-// the call, before anything else can overwrite it; Swift never reads errno.
+// One convention, the C library's own: every function returns what the call
+// it wraps returns, and on failure -1 (or NULL) with errno set by that call.
+// Nothing here retries, logs or reads errno for Swift: KHOSystem's
+// `systemCall` does, immediately after the call.
 #ifndef SWIFT_KHO_CKHOSYSTEM_H
 #define SWIFT_KHO_CKHOSYSTEM_H
 
@@ -10,12 +15,12 @@
 #define _GNU_SOURCE
 #endif
 
-#include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
+#include <sys/mount.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 // Older headers may lack some of these; the values are the kernel's ABI.
@@ -24,9 +29,6 @@
 #endif
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21U << MFD_HUGE_SHIFT)
-#endif
-#ifndef F_SEAL_FUTURE_WRITE
-#define F_SEAL_FUTURE_WRITE 0x0010
 #endif
 
 static const unsigned int ckho_MFD_CLOEXEC = MFD_CLOEXEC;
@@ -40,91 +42,117 @@ static const int ckho_F_SEAL_SEAL = F_SEAL_SEAL;
 static const int ckho_F_SEAL_SHRINK = F_SEAL_SHRINK;
 static const int ckho_F_SEAL_GROW = F_SEAL_GROW;
 static const int ckho_F_SEAL_WRITE = F_SEAL_WRITE;
-static const int ckho_F_SEAL_FUTURE_WRITE = F_SEAL_FUTURE_WRITE;
 
 static const int ckho_MADV_HUGEPAGE = MADV_HUGEPAGE;
+static const unsigned long ckho_MS_NOSUID = MS_NOSUID;
+static const unsigned long ckho_MS_NODEV = MS_NODEV;
+static const int ckho_MNT_DETACH = MNT_DETACH;
 
-/// memfd_create(2); errno in *err on failure.
-static inline int ckho_memfd_create(const char *name, unsigned int flags, int *err) {
-  int fd = memfd_create(name, flags);
-  *err = fd < 0 ? errno : 0;
-  return fd;
-}
+/// The most fds one message carries: the kernel's SCM_MAX_FD.
+#define CKHO_SCM_MAX_FD 253
 
-/// fcntl(fd, F_ADD_SEALS, seals); errno in *err on failure.
-static inline int ckho_add_seals(int fd, int seals, int *err) {
-  int r = fcntl(fd, F_ADD_SEALS, seals);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// memfd_create(2).
+int ckho_memfd_create(const char *name, unsigned int flags);
 
-/// fcntl(fd, F_GET_SEALS); errno in *err on failure.
-static inline int ckho_get_seals(int fd, int *err) {
-  int r = fcntl(fd, F_GET_SEALS);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// fcntl(fd, F_ADD_SEALS, seals).
+int ckho_add_seals(int fd, int seals);
 
-/// ftruncate(2); errno in *err on failure.
-static inline int ckho_ftruncate(int fd, int64_t length, int *err) {
-  int r = ftruncate(fd, (off_t)length);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// fcntl(fd, F_GET_SEALS).
+int ckho_get_seals(int fd);
 
-/// fstat(2), returning only size, mode, blocks and block size; errno in *err on failure.
-static inline int ckho_fstat(int fd, int64_t *size, uint32_t *mode, int64_t *blocks,
-                             int64_t *blksize, int *err) {
-  struct stat st;
-  int r = fstat(fd, &st);
-  *err = r < 0 ? errno : 0;
-  if (r == 0) {
-    *size = (int64_t)st.st_size;
-    *mode = (uint32_t)st.st_mode;
-    *blocks = (int64_t)st.st_blocks;
-    *blksize = (int64_t)st.st_blksize;
-  }
-  return r;
-}
+/// mmap(2); NULL (not MAP_FAILED) on failure.
+void *ckho_mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset);
 
-/// mmap(2) of a shared read-write mapping of fd; NULL (not MAP_FAILED) and
-/// errno in *err on failure.
-static inline void *ckho_mmap_shared(int fd, size_t length, int64_t offset, int *err) {
-  void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
-  if (p == MAP_FAILED) {
-    *err = errno;
-    return NULL;
-  }
-  *err = 0;
-  return p;
-}
+/// pipe2(2).
+int ckho_pipe2(int fds[2], int flags);
 
-/// munmap(2); errno in *err on failure.
-static inline int ckho_munmap(void *addr, size_t length, int *err) {
-  int r = munmap(addr, length);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// mount(2).
+int ckho_mount(const char *source, const char *target, const char *type, unsigned long flags,
+               const char *options);
 
-/// madvise(2); errno in *err on failure.
-static inline int ckho_madvise(void *addr, size_t length, int advice, int *err) {
-  int r = madvise(addr, length, advice);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// umount2(2).
+int ckho_umount2(const char *target, int flags);
 
-/// close(2); errno in *err on failure.
-static inline int ckho_close(int fd, int *err) {
-  int r = close(fd);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// pthread_setname_np(pthread_self(), name): at most 15 bytes kept.
+/// Returns 0 or the error number, as pthread functions do.
+int ckho_pthread_setname_self(const char *name);
 
-/// readlink(2) into buf (not terminated); the length or -1, errno in *err.
-static inline ssize_t ckho_readlink(const char *path, char *buf, size_t size, int *err) {
-  ssize_t r = readlink(path, buf, size);
-  *err = r < 0 ? errno : 0;
-  return r;
-}
+/// The process environment, `environ`.
+char **ckho_environ(void);
+
+/// prctl(PR_SET_CHILD_SUBREAPER, 1).
+int ckho_set_child_subreaper(void);
+
+/// pidfd_open(2), through syscall(2). The pidfd is close-on-exec.
+int ckho_pidfd_open(pid_t pid);
+
+/// sendmsg(2) of `len` bytes from `buf` with `nfds` descriptors (at most
+/// CKHO_SCM_MAX_FD; 0: none) as SCM_RIGHTS, on `sock`, to the unix socket
+/// `path` (NULL: the connected peer; a leading '@' names an abstract socket;
+/// too long a path fails with ENAMETOOLONG), with `flags`.
+ssize_t ckho_sendmsg_fds(int sock, const char *path, const void *buf, size_t len, const int *fds,
+                         int nfds, int flags);
+
+/// What ckho_recvmsg_fds received besides the bytes.
+struct ckho_received {
+  /// SCM_RIGHTS descriptors, received close-on-exec; `nfds` of them.
+  int fds[CKHO_SCM_MAX_FD];
+  int nfds;
+  /// SCM_CREDENTIALS of the sender, -1 and (uid_t)-1 without them.
+  pid_t pid;
+  uid_t uid;
+  /// msg_flags: MSG_TRUNC, MSG_CTRUNC.
+  int msg_flags;
+};
+
+/// recvmsg(2) of one message on `sock` into `buf` (`len` bytes), with
+/// `flags` | MSG_CMSG_CLOEXEC, and room for CKHO_SCM_MAX_FD descriptors and
+/// the sender's credentials in `out`. Descriptors beyond `max_fds` are
+/// closed at once and MSG_CTRUNC set: none ever leaks. Returns recvmsg's
+/// result (with MSG_TRUNC in `flags`, the message's full length).
+ssize_t ckho_recvmsg_fds(int sock, void *buf, size_t len, int flags, int max_fds,
+                         struct ckho_received *out);
+
+/// socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK), bind(2) with
+/// only the address family (the kernel picks a unique abstract name), then
+/// getsockname(2): the name, without its leading NUL, into `name`
+/// (NUL-terminated, `cap` bytes at most; ENAMETOOLONG if it does not fit).
+/// Returns the socket; on failure it is closed.
+int ckho_notify_socket_autobind(char *name, size_t cap);
+
+/// sigprocmask(SIG_BLOCK) then signalfd(-1, mask, SFD_CLOEXEC |
+/// SFD_NONBLOCK) over the `count` signals in `signals`.
+int ckho_signalfd(const int *signals, int count);
+
+/// read(2) of one signalfd_siginfo from `fd`: the signal number, or -1
+/// (EAGAIN: none pending).
+int ckho_signalfd_read(int fd);
+
+/// waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT): the pid of a child that
+/// has exited, left unreaped, or 0 if none (ECHILD: no children at all).
+pid_t ckho_waitid_exited_nowait(void);
+
+/// fork(2), and in the child, only async-signal-safe calls: every signal
+/// back to SIG_DFL and unblocked, its own process group (setpgid(0, 0)),
+/// `fds[0..<nfds]` moved to 3, 4, ... (through `scratch`, room for `nfds`,
+/// so that fds already in that range are not overwritten), every other fd
+/// from 3 + nfds on marked close-on-exec (close_range(2)), the decimal
+/// getpid() written into `listen_pid` (if not NULL: the value of the
+/// `LISTEN_PID=` entry of `envp`, room for 21 bytes), then execve(2).
+/// Returns the child's pid once execve succeeded (a close-on-exec pipe
+/// tells); if fork or execve failed, -1 with errno set to its errno (the
+/// failed child reaped).
+pid_t ckho_spawn_listen(const char *path, char *const argv[], char *const envp[], char *listen_pid,
+                        const int *fds, int nfds, int *scratch);
+
+/// clone(2) with CLONE_VM of a helper that holds this process's address
+/// space: it closes every fd of its own fd table but `read_end`, blocks every
+/// signal, waits for EOF on `read_end` (the read end of a pipe whose write
+/// end is close-on-exec in the caller), then exits. An execve() by
+/// the caller then drops its reference to the old address space without
+/// tearing it down; the helper does that when it exits, off the exec's path.
+/// `stack` (at least 16 KiB, 16-byte aligned) must stay mapped until the
+/// helper is reaped. Returns the helper's pid.
+pid_t ckho_clone_mm_holder(int read_end, void *stack, size_t stack_size);
 
 #endif

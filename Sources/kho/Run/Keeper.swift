@@ -1,4 +1,4 @@
-import CKHORuntime
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -43,7 +43,7 @@ final class Keeper {
   // allocate more than one datagram's worth.
   private let buffer = UnsafeMutableRawBufferPointer.allocate(
     byteCount: NotifyMessage.maximumLength, alignment: 8)
-  private let fdBuffer = UnsafeMutablePointer<Int32>.allocate(capacity: Int(CKHO_NOTIFY_FDS_MAX))
+
 
   // The current run.
   private var main: pid_t?
@@ -83,7 +83,7 @@ final class Keeper {
 
   deinit {
     buffer.deallocate()
-    fdBuffer.deallocate()
+
   }
 
   /// Runs until the command is done for good; returns the exit status.
@@ -103,7 +103,7 @@ final class Keeper {
 
   /// Becomes a subreaper, takes the signals into a signalfd, opens the
   /// notify socket and prepares the children's environment.
-  private func setUp() throws(SystemCallFailure) {
+  private func setUp() throws(SystemCallError) {
     KeeperSystem.ignoreSIGPIPE()
     try KeeperSystem.setChildSubreaper()
     signalFD = try KeeperSystem.signalFD(Self.forwarded + [SIGCHLD])
@@ -345,7 +345,7 @@ final class Keeper {
     for _ in 0..<256 {
       let datagram: NotifyDatagram?
       do {
-        datagram = try KeeperSystem.receive(notifyFD, into: buffer, fds: fdBuffer)
+        datagram = try KeeperSystem.receive(notifyFD, into: buffer)
       } catch {
         KeeperSystem.log("\(error)")
         return

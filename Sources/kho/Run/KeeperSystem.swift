@@ -1,16 +1,9 @@
-import CKHORuntime
+import CKHOSystem
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
 #endif
-
-/// A system call that failed: the call's name and its errno.
-struct SystemCallFailure: Error, CustomStringConvertible {
-  var call: String
-  var errno: Int32
-
-  var description: String { "\(call): \(String(cString: strerror(errno)))" }
-}
 
 /// One datagram read from the notify socket.
 struct NotifyDatagram {
@@ -26,23 +19,8 @@ struct NotifyDatagram {
 }
 
 /// The keeper's system calls: each a thin wrapper naming the C call it wraps,
-/// all through `call`, the one place that retries on EINTR.
+/// all through KHOSystem's `systemCall`, the one place that retries on EINTR.
 enum KeeperSystem {
-  /// Runs `body` (which stores errno into its argument when it fails with
-  /// -1) until it does not fail with EINTR; throws the failure otherwise.
-  static func call<T: BinaryInteger>(
-    _ name: String, _ body: (UnsafeMutablePointer<Int32>) -> T
-  ) throws(SystemCallFailure) -> T {
-    var err: Int32 = 0
-    while true {
-      err = 0
-      let r = body(&err)
-      if r >= 0 { return r }
-      if err == EINTR { continue }
-      throw SystemCallFailure(call: name, errno: err)
-    }
-  }
-
   /// `CLOCK_MONOTONIC`, in seconds.
   ///
   /// The corresponding C function is `clock_gettime`.
@@ -62,11 +40,10 @@ enum KeeperSystem {
     bytes.withUnsafeBytes { buf in
       var done = 0
       while done < buf.count {
-        let n = try? call("write") { e in
+        let n = try? systemCall("write") {
           let r = write(STDERR_FILENO, buf.baseAddress! + done, buf.count - done)
-          if r < 0 { e.pointee = errno }
           return r
-        }
+        }.get()
         guard let n, n > 0 else { return }
         done += n
       }
@@ -85,25 +62,28 @@ enum KeeperSystem {
   /// of an overlapped handover, once its parent exited) become its children.
   ///
   /// The corresponding C function is `prctl(PR_SET_CHILD_SUBREAPER)`.
-  static func setChildSubreaper() throws(SystemCallFailure) {
-    _ = try call("prctl(PR_SET_CHILD_SUBREAPER)") { ckho_set_child_subreaper($0) }
+  static func setChildSubreaper() throws(SystemCallError) {
+    _ = try systemCall("prctl(PR_SET_CHILD_SUBREAPER)") { ckho_set_child_subreaper() }.get()
   }
 
   /// Blocks `signals` and returns a non-blocking signalfd that reads them.
   ///
   /// The corresponding C functions are `sigprocmask` and `signalfd`.
-  static func signalFD(_ signals: [Int32]) throws(SystemCallFailure) -> Int32 {
-    try call("signalfd") { e in
-      signals.withUnsafeBufferPointer { ckho_signalfd($0.baseAddress, Int32($0.count), e) }
-    }
+  static func signalFD(_ signals: [Int32]) throws(SystemCallError) -> Int32 {
+    try systemCall("signalfd") {
+      signals.withUnsafeBufferPointer { ckho_signalfd($0.baseAddress, Int32($0.count)) }
+    }.get()
   }
 
   /// The next pending signal on `fd`, or `nil` when none is.
   ///
   /// The corresponding C function is `read` (of a `signalfd_siginfo`).
-  static func readSignal(_ fd: Int32) throws(SystemCallFailure) -> Int32? {
-    let s = try call("read(signalfd)") { ckho_signalfd_read(fd, $0) }
-    return s == 0 ? nil : s
+  static func readSignal(_ fd: Int32) throws(SystemCallError) -> Int32? {
+    switch systemCall("read(signalfd)", { ckho_signalfd_read(fd) }) {
+    case .success(let signal): return signal
+    case .failure(let error) where error.errno == .tryAgain: return nil
+    case .failure(let error): throw error
+    }
   }
 
   /// A new notify socket, bound to a fresh abstract name the kernel picks,
@@ -113,20 +93,19 @@ enum KeeperSystem {
   ///
   /// The corresponding C functions are `socket`, `bind`, `getsockname` and
   /// `setsockopt(SO_PASSCRED)`.
-  static func notifySocket() throws(SystemCallFailure) -> (fd: Int32, name: String) {
+  static func notifySocket() throws(SystemCallError) -> (fd: Int32, name: String) {
     var name = [CChar](repeating: 0, count: 108)
-    let fd = try call("socket/bind(AF_UNIX, SOCK_DGRAM)") { e in
+    let fd = try systemCall("socket/bind(AF_UNIX, SOCK_DGRAM)") {
       name.withUnsafeMutableBufferPointer {
-        ckho_notify_socket_autobind($0.baseAddress, $0.count, e)
+        ckho_notify_socket_autobind($0.baseAddress, $0.count)
       }
-    }
+    }.get()
     var on: Int32 = 1
     do {
-      _ = try call("setsockopt(SO_PASSCRED)") { e in
+      _ = try systemCall("setsockopt(SO_PASSCRED)") {
         let r = setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, socklen_t(MemoryLayout<Int32>.size))
-        if r < 0 { e.pointee = errno }
         return r
-      }
+      }.get()
     } catch {
       Glibc.close(fd)
       throw error
@@ -135,39 +114,32 @@ enum KeeperSystem {
     return (fd, text)
   }
 
-  /// Reads one datagram from the notify socket into `buffer` and `fdBuffer`
-  /// (room for `CKHO_NOTIFY_FDS_MAX`); `nil` when none is queued.
+  /// Reads one datagram from the notify socket into `buffer`, with its fds
+  /// (at most the kernel's 253) and credentials; `nil` when none is queued.
   ///
   /// The corresponding C function is `recvmsg`.
-  static func receive(
-    _ sock: Int32, into buffer: UnsafeMutableRawBufferPointer,
-    fds fdBuffer: UnsafeMutablePointer<Int32>
-  ) throws(SystemCallFailure) -> NotifyDatagram? {
-    var count: Int32 = 0
-    var pid: pid_t = -1
-    var uid: uid_t = 0
-    var flags: Int32 = 0
-    let n: Int
+  static func receive(_ sock: Int32, into buffer: UnsafeMutableRawBufferPointer)
+    throws(SystemCallError) -> NotifyDatagram?
+  {
+    let message: ReceivedMessage
     do {
-      n = try call("recvmsg") { e in
-        ckho_recv_notify(
-          sock, buffer.baseAddress, buffer.count, fdBuffer, &count, &pid, &uid, &flags, e)
-      }
-    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+      message = try FileDescriptor(rawValue: sock).receiveMessage(
+        into: buffer, flags: Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC))
+    } catch  where error.errno == .tryAgain {
       return nil
     }
-    let fds = (0..<Int(count)).map { fdBuffer[$0] }
     return NotifyDatagram(
-      length: n, fds: fds, pid: pid, uid: uid,
-      controlTruncated: flags & Int32(MSG_CTRUNC) != 0)
+      length: message.byteCount, fds: message.descriptors.map(\.rawValue),
+      pid: message.senderPID ?? -1, uid: message.senderUID ?? 0,
+      controlTruncated: message.descriptorsTruncated)
   }
 
   /// A pidfd for `pid` (close-on-exec): readable once the process exits,
   /// whoever its parent is.
   ///
   /// The corresponding C function is `pidfd_open`.
-  static func pidfdOpen(_ pid: pid_t) throws(SystemCallFailure) -> Int32 {
-    try call("pidfd_open") { ckho_pidfd_open(pid, $0) }
+  static func pidfdOpen(_ pid: pid_t) throws(SystemCallError) -> Int32 {
+    try systemCall("pidfd_open") { ckho_pidfd_open(pid) }.get()
   }
 
   /// The pid of a child that has exited, left unreaped (so its `/proc`
@@ -175,8 +147,9 @@ enum KeeperSystem {
   ///
   /// The corresponding C function is `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`.
   static func exitedChild() -> pid_t? {
-    var pid: pid_t = 0
-    guard (try? call("waitid") { ckho_waitid_exited_nowait(&pid, $0) }) != nil else { return nil }
+    guard let pid = try? systemCall("waitid", { ckho_waitid_exited_nowait() }).get() else {
+      return nil
+    }
     return pid > 0 ? pid : nil
   }
 
@@ -184,13 +157,12 @@ enum KeeperSystem {
   /// Throws ECHILD for a process that is not the keeper's child.
   ///
   /// The corresponding C function is `waitpid(pid, WNOHANG)`.
-  static func reap(_ pid: pid_t) throws(SystemCallFailure) -> ExitStatus? {
+  static func reap(_ pid: pid_t) throws(SystemCallError) -> ExitStatus? {
     var status: Int32 = 0
-    let r = try call("waitpid") { e in
+    let r = try systemCall("waitpid") {
       let r = waitpid(pid, &status, WNOHANG)
-      if r < 0 { e.pointee = errno }
       return r
-    }
+    }.get()
     return r == pid ? ExitStatus(waitStatus: status) : nil
   }
 
@@ -198,11 +170,10 @@ enum KeeperSystem {
   ///
   /// The corresponding C function is `kill`.
   static func kill(_ pid: pid_t, _ signal: Int32) {
-    _ = try? call("kill") { e in
+    _ = try? systemCall("kill") {
       let r = Glibc.kill(pid, signal)
-      if r < 0 { e.pointee = errno }
       return r
-    }
+    }.get()
   }
 
   /// Closes `fd`; EINTR is not retried (Linux has closed it anyway).
@@ -216,20 +187,19 @@ enum KeeperSystem {
   /// forever); fills in each `revents`.
   ///
   /// The corresponding C function is `poll`.
-  static func poll(_ fds: inout [pollfd], timeout: Double?) throws(SystemCallFailure) {
+  static func poll(_ fds: inout [pollfd], timeout: Double?) throws(SystemCallError) {
     let ms: Int32
     if let timeout {
       ms = Int32(min(max((timeout * 1000).rounded(.up), 0), 3_600_000))
     } else {
       ms = -1
     }
-    _ = try call("poll") { e in
+    _ = try systemCall("poll") {
       let r = fds.withUnsafeMutableBufferPointer {
         Glibc.poll($0.baseAddress, nfds_t($0.count), ms)
       }
-      if r < 0 { e.pointee = errno }
       return r
-    }
+    }.get()
   }
 
   /// The parent pid of `pid` from `/proc/PID/stat` (a zombie's too), or
@@ -237,17 +207,10 @@ enum KeeperSystem {
   ///
   /// The corresponding C functions are `open` and `read`.
   static func parentPID(of pid: pid_t) -> pid_t? {
-    let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-    if fd < 0 { return nil }
-    defer { Glibc.close(fd) }
-    var buf = [UInt8](repeating: 0, count: 512)
-    let n = buf.withUnsafeMutableBytes { b in
-      (try? call("read") { e in
-        let r = read(fd, b.baseAddress, b.count)
-        if r < 0 { e.pointee = errno }
-        return r
-      }) ?? 0
-    }
+    guard let fd = try? FileDescriptor.open("/proc/\(pid)/stat", O_RDONLY) else { return nil }
+    defer { fd.closeIgnoringErrors() }
+    guard let buf = try? fd.read(upTo: 512) else { return nil }
+    let n = buf.count
     // "PID (COMM) STATE PPID ...": COMM may hold anything, so parse after
     // the last ')'.
     guard n > 0, let close = buf[..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
@@ -265,7 +228,7 @@ enum KeeperSystem {
   /// (`ckho_spawn_listen`).
   static func spawn(
     _ path: String, _ arguments: [String], _ environment: [String], fds: [Int32]
-  ) throws(SystemCallFailure) -> pid_t {
+  ) throws(SystemCallError) -> pid_t {
     let argv = arguments.map { strdup($0) } + [nil]
     var envp = environment.map { strdup($0) }
     // The child overwrites the placeholder's copy in its own memory with
@@ -281,30 +244,24 @@ enum KeeperSystem {
       for p in envp { free(p) }
     }
     var scratch = [Int32](repeating: -1, count: max(fds.count, 1))
-    return try call("fork/execve \(path)") { e in
+    return try systemCall("fork/execve \(path)") {
       argv.withUnsafeBufferPointer { a in
         envp.withUnsafeBufferPointer { v in
           fds.withUnsafeBufferPointer { f in
             scratch.withUnsafeMutableBufferPointer { s in
               ckho_spawn_listen(
                 path, a.baseAddress, v.baseAddress, listenPID, f.baseAddress, Int32(f.count),
-                s.baseAddress, e)
+                s.baseAddress)
             }
           }
         }
       }
-    }
+    }.get()
   }
 
   /// The process environment, `environ`.
   static func environment() -> [String] {
-    var result: [String] = []
-    guard var p = ckho_environ() else { return result }
-    while let entry = p.pointee {
-      result.append(String(cString: entry))
-      p += 1
-    }
-    return result
+    ProcessOperations.environment()
   }
 
   /// `SIGTERM` and the like, for log lines.

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "CKHORuntime.h"
+#include "CKHOSystem.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -31,7 +31,7 @@ static int mm_holder(void *arg) {
   return 0;
 }
 
-pid_t ckho_clone_mm_holder(int read_end, void *stack, size_t stack_size, int *err) {
+pid_t ckho_clone_mm_holder(int read_end, void *stack, size_t stack_size) {
   /* The child's argument lives at the low end of its own stack (which
    * grows down from the other end): it outlives this call. */
   struct mm_holder_fds *fds = (struct mm_holder_fds *)stack;
@@ -42,6 +42,6 @@ pid_t ckho_clone_mm_holder(int read_end, void *stack, size_t stack_size, int *er
   pid_t pid = clone(mm_holder, (char *)stack + stack_size, CLONE_VM | SIGCHLD, fds);
   int saved_errno = errno;
   pthread_sigmask(SIG_SETMASK, &saved, 0);
-  if (pid < 0) *err = saved_errno;
+  errno = saved_errno;
   return pid;
 }

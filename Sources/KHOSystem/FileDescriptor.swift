@@ -1,5 +1,11 @@
 import CKHOSystem
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// A raw file descriptor, as swift-system's `FileDescriptor`: a plain value
 /// that does not close itself. Whoever opened it decides when to
 /// ``close()`` it.
@@ -63,12 +69,10 @@ extension FileDescriptor {
   /// - Returns: the new descriptor, of size 0.
   ///
   /// The corresponding C function is `memfd_create`.
-  public static func memfdCreate(name: String, flags: MemfdFlags) throws(SystemError)
+  public static func memfdCreate(name: String, flags: MemfdFlags) throws(SystemCallError)
     -> FileDescriptor
   {
-    let fd = try systemCall("memfd_create") { err in
-      ckho_memfd_create(name, flags.rawValue, err)
-    }.get()
+    let fd = try systemCall("memfd_create") { ckho_memfd_create(name, flags.rawValue) }.get()
     return FileDescriptor(rawValue: fd)
   }
 
@@ -77,22 +81,19 @@ extension FileDescriptor {
   /// - Parameter size: the new size in bytes.
   ///
   /// The corresponding C function is `ftruncate`.
-  public func truncate(to size: Int64) throws(SystemError) {
-    _ = try systemCall("ftruncate") { err in ckho_ftruncate(rawValue, size, err) }.get()
+  public func truncate(to size: Int64) throws(SystemCallError) {
+    _ = try systemCall("ftruncate") { ftruncate(rawValue, off_t(size)) }.get()
   }
 
   /// The file's size, mode and allocated blocks.
   ///
   /// The corresponding C function is `fstat`.
-  public func status() throws(SystemError) -> FileStatus {
-    var size: Int64 = 0
-    var mode: UInt32 = 0
-    var blocks: Int64 = 0
-    var blockSize: Int64 = 0
-    _ = try systemCall("fstat") { err in
-      ckho_fstat(rawValue, &size, &mode, &blocks, &blockSize, err)
-    }.get()
-    return FileStatus(size: size, mode: mode, blocks: blocks, blockSize: blockSize)
+  public func status() throws(SystemCallError) -> FileStatus {
+    var info = stat()
+    _ = try systemCall("fstat") { fstat(rawValue, &info) }.get()
+    return FileStatus(
+      size: Int64(info.st_size), mode: UInt32(info.st_mode), blocks: Int64(info.st_blocks),
+      blockSize: Int64(info.st_blksize))
   }
 
   /// Adds seals to a memfd created with ``MemfdFlags/allowSealing``.
@@ -100,31 +101,35 @@ extension FileDescriptor {
   /// - Parameter seals: the seals to add; seals already present stay.
   ///
   /// The corresponding C function is `fcntl(fd, F_ADD_SEALS, seals)`.
-  public func addSeals(_ seals: FileSeals) throws(SystemError) {
-    _ = try systemCall("fcntl(F_ADD_SEALS)") { err in
-      ckho_add_seals(rawValue, seals.rawValue, err)
-    }.get()
+  public func addSeals(_ seals: FileSeals) throws(SystemCallError) {
+    _ = try systemCall("fcntl(F_ADD_SEALS)") { ckho_add_seals(rawValue, seals.rawValue) }.get()
   }
 
   /// The seals the file carries. Fails with `EINVAL` on a file that is not
   /// a memfd (or another file system without sealing).
   ///
   /// The corresponding C function is `fcntl(fd, F_GET_SEALS)`.
-  public func seals() throws(SystemError) -> FileSeals {
-    let raw = try systemCall("fcntl(F_GET_SEALS)") { err in ckho_get_seals(rawValue, err) }.get()
+  public func seals() throws(SystemCallError) -> FileSeals {
+    let raw = try systemCall("fcntl(F_GET_SEALS)") { ckho_get_seals(rawValue) }.get()
     return FileSeals(rawValue: raw)
   }
 
   /// Where `/proc/self/fd/N` points, for example `/memfd:kho-arena (deleted)`.
   ///
   /// The corresponding C function is `readlink`.
-  public func procLinkTarget() throws(SystemError) -> String {
-    let path = "/proc/self/fd/\(rawValue)"
+  public func procLinkTarget() throws(SystemCallError) -> String {
+    try Self.linkTarget("/proc/self/fd/\(rawValue)")
+  }
+
+  /// Where the symbolic link `path` points.
+  ///
+  /// The corresponding C function is `readlink`.
+  public static func linkTarget(_ path: String) throws(SystemCallError) -> String {
     var buffer = [UInt8](repeating: 0, count: 4096)
-    let count = try systemCall("readlink") { err in
+    let count = try systemCall("readlink") {
       buffer.withUnsafeMutableBufferPointer { b in
         b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) {
-          ckho_readlink(path, $0, b.count, err)
+          readlink(path, $0, b.count)
         }
       }
     }.get()
@@ -135,8 +140,7 @@ extension FileDescriptor {
   /// descriptor anyway, and a retry could close a reused number.
   ///
   /// The corresponding C function is `close`.
-  public func close() throws(SystemError) {
-    _ = try systemCall("close", retryOnInterrupt: false) { err in ckho_close(rawValue, err) }
-      .get()
+  public func close() throws(SystemCallError) {
+    _ = try systemCall("close", retryOnInterrupt: false) { Glibc.close(rawValue) }.get()
   }
 }

@@ -1,5 +1,11 @@
 import CKHOSystem
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// `madvise` advice values this module uses.
 public struct MemoryAdvice: RawRepresentable, Sendable, Hashable {
   public let rawValue: Int32
@@ -23,20 +29,17 @@ public enum MemoryMapping {
   /// The corresponding C function is `mmap` (`PROT_READ | PROT_WRITE`,
   /// `MAP_SHARED`).
   public static func mapShared(_ fd: FileDescriptor, length: Int, offset: Int64 = 0)
-    throws(SystemError) -> UnsafeMutableRawPointer
+    throws(SystemCallError) -> UnsafeMutableRawPointer
   {
-    let pointer = try systemCall("mmap") { err in
-      ckho_mmap_shared(fd.rawValue, length, offset, err)
-    }.get()
-    // The shim returns NULL only together with a non-zero errno.
-    return pointer!
+    try map(length: length, flags: MAP_SHARED, fd: fd.rawValue, offset: offset)
   }
 
   /// Removes a mapping made by ``mapShared(_:length:offset:)``.
   ///
   /// The corresponding C function is `munmap`.
-  public static func unmap(_ address: UnsafeMutableRawPointer, length: Int) throws(SystemError) {
-    _ = try systemCall("munmap") { err in ckho_munmap(address, length, err) }.get()
+  public static func unmap(_ address: UnsafeMutableRawPointer, length: Int) throws(SystemCallError)
+  {
+    _ = try systemCall("munmap") { munmap(address, length) }.get()
   }
 
   /// Gives the kernel advice about a range of a mapping.
@@ -49,9 +52,27 @@ public enum MemoryMapping {
   /// The corresponding C function is `madvise`.
   public static func advise(
     _ address: UnsafeMutableRawPointer, length: Int, _ advice: MemoryAdvice
-  ) throws(SystemError) {
-    _ = try systemCall("madvise") { err in
-      ckho_madvise(address, length, advice.rawValue, err)
+  ) throws(SystemCallError) {
+    _ = try systemCall("madvise") { madvise(address, length, advice.rawValue) }.get()
+  }
+
+  /// Maps `length` bytes of fresh zeroed private memory, read-write: a
+  /// thread's stack, say (`stack: true` adds `MAP_STACK`).
+  ///
+  /// The corresponding C function is `mmap` (`MAP_PRIVATE | MAP_ANONYMOUS`).
+  public static func mapAnonymous(length: Int, stack: Bool = false) throws(SystemCallError)
+    -> UnsafeMutableRawPointer
+  {
+    try map(length: length, flags: MAP_PRIVATE | MAP_ANONYMOUS | (stack ? MAP_STACK : 0), fd: -1)
+  }
+
+  private static func map(length: Int, flags: Int32, fd: Int32, offset: Int64 = 0)
+    throws(SystemCallError) -> UnsafeMutableRawPointer
+  {
+    let pointer = try systemCall("mmap") {
+      ckho_mmap(nil, length, PROT_READ | PROT_WRITE, flags, fd, offset)?
+        .assumingMemoryBound(to: UInt8.self)
     }.get()
+    return UnsafeMutableRawPointer(pointer)
   }
 }
