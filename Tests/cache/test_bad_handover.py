@@ -27,6 +27,14 @@ kho-cache (`kho exec M -- tamper_successor.py ACTIONS -- kho-cache ARGS`):
                               key, and sets, deletes and an evicting fill
                               work
 
+  injected_system_call_failures
+                              KHO_FAULT_SYSCALL fails the handover's own
+                              system calls once (execve in place; posix_spawn
+                              and the commit's sendmsg overlapped): `kho
+                              exec` fails naming the call and its errno, the
+                              old image serves every key, and the next
+                              upgrade succeeds
+
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
 import argparse
@@ -203,6 +211,32 @@ def damaged_store():
                 assert misses == 0, f"{kind}:{seed}: {misses} keys lost by the next upgrade"
     finally:
         svc.stop()
+
+
+@test
+def injected_system_call_failures():
+    cases = [("execve:EACCES:0:1", False, "execve"),
+             ("posix_spawn:EAGAIN:0:1", True, "posix_spawn"),
+             ("sendmsg:EPIPE:0:1", True, "it was gone when the commit was sent")]
+    for spec, overlapped, said in cases:
+        svc = Service("fault", env={"KHO_FAULT_SYSCALL": spec}).start()
+        try:
+            model = populate(svc, count=300)
+            pid = svc.pid()
+            rc, out, err = svc.kho_exec(svc.argv, overlapped=overlapped)
+            assert rc != 0, f"{spec}: kho exec succeeded:\n{out}{err}"
+            assert said in out + err + svc.log_tail(), (
+                f"{spec}: the failure does not say {said!r}:\n{out}{err}\n{svc.log_tail()}")
+            assert svc.pid() == pid, f"{spec}: another image serves after a failed handover"
+            hits, misses = check_model(svc, model)
+            assert misses == 0, f"{spec}: {misses} keys lost by a failed handover"
+            check_serves(svc, rounds=50)
+            # The fault fired once: this upgrade goes through.
+            svc.upgrade(overlapped)
+            hits, misses = check_model(svc, model)
+            assert misses == 0, f"{spec}: {misses} keys lost after the retried upgrade"
+        finally:
+            svc.stop()
 
 
 def main():

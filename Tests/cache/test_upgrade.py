@@ -106,7 +106,7 @@ class Service:
     the pid of every image (overlapped upgrades change it) so that `stop`
     ends whichever serves, then unmounts."""
 
-    def __init__(self, name, memory_mb=64, extra=()):
+    def __init__(self, name, memory_mb=64, extra=(), env=None):
         self.dir = tempfile.mkdtemp(prefix=f"kho-upg-{name}-")
         self.mount = os.path.join(self.dir, "mount")
         os.mkdir(self.mount)
@@ -117,10 +117,12 @@ class Service:
                      "--control-mount", self.mount, *extra]
         self.proc = None
         self.pids = set()
+        self.env = env
 
     def start(self, timeout=30):
+        env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         self.pids.add(self.proc.pid)
         deadline = time.monotonic() + timeout
         while subprocess.run(["mountpoint", "-q", self.mount]).returncode != 0:
