@@ -188,6 +188,35 @@ struct ToyKHO: Sendable {
     #expect(readText(directory + "/kernel/kho/active") == "0\n")
   }
 
+  @Test func aFailedReadOfDevFuseIsATypedErrorAndLeavesNothingMounted() throws {
+    let directory = makeTemporaryDirectory()
+    defer { rmdir(directory) }
+    // The first read of /dev/fuse is FUSE_INIT's, on the mounting thread.
+    SystemCallFaults.withFault(.init("read", .ioError, count: 1)) {
+      #expect(throws: ControlMountError.system(SystemCallError("read", .ioError))) {
+        try ControlMount.mount(at: directory, tree: ToyKHO().tree)
+      }
+    }
+    // Nothing is left mounted there: a new mount serves.
+    let mount = try ControlMount.mount(at: directory, tree: ToyKHO().tree)
+    defer { try? mount.unmount() }
+    #expect(readText(directory + "/kernel/kho/active") == "0\n")
+    #expect(mount.servingError == nil)
+  }
+
+  @Test func aFailedThreadStartIsATypedError() throws {
+    let directory = makeTemporaryDirectory()
+    defer { rmdir(directory) }
+    SystemCallFaults.withFault(.init("pthread_create", .tryAgain)) {
+      #expect(throws: ControlMountError.system(SystemCallError("pthread_create", .tryAgain))) {
+        try ControlMount.mount(at: directory, tree: ToyKHO().tree)
+      }
+    }
+    let mount = try ControlMount.mount(at: directory, tree: ToyKHO().tree)
+    defer { try? mount.unmount() }
+    #expect(readText(directory + "/kernel/kho/active") == "0\n")
+  }
+
   @Test func mountsThroughFusermount() throws {
     try withMount(ToyKHO().tree, options: .init(method: .fusermount)) { mount, root in
       #expect(readText(root + "/kernel/kho/active") == "0\n")
