@@ -72,7 +72,7 @@ public struct FlattenedDeviceTree: Sendable {
     // The first token that is not a NOP is the root's FDT_BEGIN_NODE.
     var at = layout.structStart
     withTrusted { b in
-      while b.u32(at) == FDTToken.nop.rawValue { at += 4 }
+      while b.u32(at) == FDTToken.nop.rawValue { at = b.nextTag(at: at, end: layout.structEnd).next }
     }
     return FDTNode(tree: self, offset: at)
   }
@@ -118,22 +118,20 @@ extension FlattenedDeviceTree {
     let layout = storage.layout
     var at = layout.structStart
     while true {
-      let token = withTrusted { $0.u32(at) }
+      let (token, next) = withTrusted { $0.nextTag(at: at, end: layout.structEnd) }
       switch token {
       case FDTToken.beginNode.rawValue:
         try visit(.beginNode(FDTNode(tree: self, offset: at)))
-        at = withTrusted { b in alignUp4(b.nul(from: at + 4, before: layout.structEnd)! + 1) }
       case FDTToken.endNode.rawValue:
         try visit(.endNode)
-        at += 4
       case FDTToken.property.rawValue:
         try visit(.property(FDTProperty(tree: self, offset: at)))
-        at = withTrusted { b in alignUp4(at + 12 + Int(b.u32(at + 4))) }
       case FDTToken.nop.rawValue:
-        at += 4
+        break
       default:  // FDT_END: validation guarantees nothing else.
         return
       }
+      at = next
     }
   }
 }
@@ -150,7 +148,7 @@ public struct FDTNode: Sendable {
     self.offset = offset
   }
 
-  private var nameStart: Int { offset + 4 }
+  private var nameStart: Int { offset + FDTFormat.tokenSize }
 
   /// The node's name with its unit address (`serial@1000`); "" for the root.
   public var name: String { tree.string(at: nameStart, end: tree.layout.structEnd) }
@@ -158,9 +156,7 @@ public struct FDTNode: Sendable {
   /// The offset just past the name and its padding: the first property or
   /// subnode.
   var contentOffset: Int {
-    tree.withTrusted { b in
-      alignUp(b.nul(from: nameStart, before: tree.layout.structEnd)! + 1, 4)
-    }
+    tree.withTrusted { $0.nextTag(at: offset, end: tree.layout.structEnd).next }
   }
 
   /// The node's properties, in order.
@@ -169,16 +165,13 @@ public struct FDTNode: Sendable {
     var at = contentOffset
     tree.withTrusted { b in
       while true {
-        let token = b.u32(at)
-        if token == FDTToken.nop.rawValue {
-          at += 4
-        } else if token == FDTToken.property.rawValue {
-          let p = FDTProperty(tree: tree, offset: at)
-          result.append(p)
-          at = p.nextOffset
-        } else {
+        let (token, next) = b.nextTag(at: at, end: tree.layout.structEnd)
+        if token == FDTToken.property.rawValue {
+          result.append(FDTProperty(tree: tree, offset: at))
+        } else if token != FDTToken.nop.rawValue {
           return
         }
+        at = next
       }
     }
     return result
@@ -196,22 +189,20 @@ public struct FDTNode: Sendable {
     var depth = 0
     tree.withTrusted { b in
       while true {
-        switch b.u32(at) {
+        let (token, next) = b.nextTag(at: at, end: tree.layout.structEnd)
+        switch token {
         case FDTToken.beginNode.rawValue:
           if depth == 0 { result.append(FDTNode(tree: tree, offset: at)) }
           depth += 1
-          at = alignUp(b.nul(from: at + 4, before: tree.layout.structEnd)! + 1, 4)
         case FDTToken.endNode.rawValue:
           if depth == 0 { return }
           depth -= 1
-          at += 4
-        case FDTToken.property.rawValue:
-          at = alignUp(at + 12 + Int(b.u32(at + 4)), 4)
-        case FDTToken.nop.rawValue:
-          at += 4
+        case FDTToken.property.rawValue, FDTToken.nop.rawValue:
+          break
         default:
           return
         }
+        at = next
       }
     }
     return result
@@ -244,14 +235,18 @@ public struct FDTProperty: Sendable {
   }
 
   @usableFromInline
-  var length: Int { Int(tree.withTrusted { $0.u32(offset + 4) }) }
-  private var nameOffset: Int { Int(tree.withTrusted { $0.u32(offset + 8) }) }
+  var length: Int {
+    Int(tree.withTrusted { $0.u32(offset + FDTFormat.propertyLengthOffset) })
+  }
+  private var nameOffset: Int {
+    Int(tree.withTrusted { $0.u32(offset + FDTFormat.propertyNameOffset) })
+  }
 
   /// The absolute range of the value in the blob.
   @inlinable
-  public var valueRange: Range<Int> { (offset + 12)..<(offset + 12 + length) }
-
-  var nextOffset: Int { alignUp(offset + 12 + length, 4) }
+  public var valueRange: Range<Int> {
+    (offset + FDTFormat.propertyHeaderSize)..<(offset + FDTFormat.propertyHeaderSize + length)
+  }
 
   /// The property's name.
   public var name: String {

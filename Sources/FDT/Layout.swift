@@ -18,6 +18,15 @@ public enum FDTFormat {
   public static let tokenAlignment = 4
   /// Alignment of the memory reservation block.
   public static let reservationAlignment = 8
+  /// The size of a token (`FDT_BEGIN_NODE`, `FDT_PROP`...): one big-endian
+  /// `u32`.
+  public static let tokenSize = 4
+  /// An `FDT_PROP` token and its header: the token, the value's length
+  /// (at ``propertyLengthOffset``), the name's offset in the strings block
+  /// (at ``propertyNameOffset``); the value follows.
+  public static let propertyHeaderSize = 12
+  public static let propertyLengthOffset = 4
+  public static let propertyNameOffset = 8
 }
 
 /// The tokens of the structure block.

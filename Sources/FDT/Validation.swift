@@ -24,6 +24,26 @@ struct TrustedBytes {
   @inlinable @inline(__always)
   func byte(_ at: Int) -> UInt8 { base[at] }
 
+  /// The token at `offset` in a structure block ending at `end`, and the
+  /// offset of the token after it: the one step every reader of the block
+  /// takes, as libfdt's `fdt_next_tag`. It trusts what it reads (a node
+  /// name's NUL, a property's length): call it on a validated tree, or, as
+  /// the validator does, once the token's bytes are checked.
+  @inlinable @inline(__always)
+  func nextTag(at offset: Int, end: Int) -> (token: UInt32, next: Int) {
+    let token = u32(offset)
+    switch token {
+    case FDTToken.beginNode.rawValue:
+      let nameStart = offset + FDTFormat.tokenSize
+      return (token, alignUp4((nul(from: nameStart, before: end) ?? end) + 1))
+    case FDTToken.property.rawValue:
+      let length = Int(u32(offset + FDTFormat.propertyLengthOffset))
+      return (token, alignUp4(offset + FDTFormat.propertyHeaderSize + length))
+    default:
+      return (token, offset + FDTFormat.tokenSize)
+    }
+  }
+
   /// The index of the first NUL at or after `start` and before `end`, if any.
   @inlinable
   func nul(from start: Int, before end: Int) -> Int? {
@@ -275,7 +295,7 @@ enum Validator {
       }
       let tokenAt = at
       let token = bytes.u32(at)
-      at += 4
+      at += FDTFormat.tokenSize
       switch token {
       case FDTToken.beginNode.rawValue:
         if depth == 0 && sawRoot {
@@ -285,7 +305,7 @@ enum Validator {
           throw FDTError(.truncated, at: at, "node name runs past the structure block")
         }
         try checkNodeName(bytes, from: at, to: nul, isRoot: depth == 0)
-        at = alignUp(nul + 1, 4)
+        at = bytes.nextTag(at: tokenAt, end: end).next
         if at > end {
           throw FDTError(.truncated, at: nul, "node name padding runs past the structure block")
         }
@@ -306,18 +326,19 @@ enum Validator {
         if hadChild {
           throw FDTError(.badStructure, at: tokenAt, "property after a subnode")
         }
-        if end - at < 8 {
+        let valueStart = tokenAt + FDTFormat.propertyHeaderSize
+        if end - tokenAt < FDTFormat.propertyHeaderSize {
           throw FDTError(.truncated, at: at, "property header runs past the structure block")
         }
-        let length = Int(bytes.u32(at))
-        let nameOffset = Int(bytes.u32(at + 4))
+        let length = Int(bytes.u32(tokenAt + FDTFormat.propertyLengthOffset))
+        let nameOffset = Int(bytes.u32(tokenAt + FDTFormat.propertyNameOffset))
         try checkPropertyName(bytes, nameOffset, layout, tokenAt: tokenAt)
-        at += 8
-        if length > end - at {
+        if length > end - valueStart {
           throw FDTError(
-            .truncated, at: at, "property value of \(length) bytes runs past the structure block")
+            .truncated, at: valueStart,
+            "property value of \(length) bytes runs past the structure block")
         }
-        at = alignUp(at + length, 4)
+        at = bytes.nextTag(at: tokenAt, end: end).next
         if at > end {
           throw FDTError(.truncated, at: at - 4, "property padding runs past the structure block")
         }

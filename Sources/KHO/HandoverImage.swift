@@ -103,7 +103,7 @@ public enum HandoverImage {
       UnsafeRawBufferPointer(rebasing: arena[at..<at + HandoverRecord.size]))
     try record.validate(arenaSize: UInt64(arena.count), pageSize: record.pageSize)
     let sum = checksum(of: record, in: UnsafeRawBufferPointer(arena))
-    arena.storeBytes(of: sum, toByteOffset: at + HandoverRecord.checksumOffset, as: UInt64.self)
+    arena.storeBytes(of: sum, toByteOffset: at + HandoverRecord.Field.checksum, as: UInt64.self)
   }
 
   /// FNV-1a over the record's first 88 bytes, the mem cache and the blob.
@@ -112,7 +112,7 @@ public enum HandoverImage {
     var withoutSum = record
     withoutSum.checksum = 0
     withoutSum.encoded().withUnsafeBytes {
-      hash.update(UnsafeRawBufferPointer(rebasing: $0[..<HandoverRecord.checksumOffset]))
+      hash.update(UnsafeRawBufferPointer(rebasing: $0[..<HandoverRecord.Field.checksum]))
     }
     // Placement was validated (or chosen) by the caller: both are inside scratch.
     if let cache = try? record.memCacheRange() { hash.update(slice(arena, cache)) }

@@ -6,29 +6,38 @@ import KHOSystem
 /// and the blob; the next image learns where from one environment variable,
 /// ``HandoverRecord/environmentName``.
 ///
-/// Layout (native-endian, 128 bytes):
-///
-/// | offset | size | field |
-/// |---|---|---|
-/// | 0 | 8 | magic `"KHOHAND\0"` |
-/// | 8 | 4 | version (1) |
-/// | 12 | 4 | record size (128) |
-/// | 16 | 8 | arena size |
-/// | 24 | 8 | page size |
-/// | 32 | 8 | generation (0 for a cold start, +1 per handover) |
-/// | 40 | 8 | scratch address |
-/// | 48 | 8 | scratch size |
-/// | 56 | 8 | blob address |
-/// | 64 | 8 | blob size |
-/// | 72 | 8 | mem cache address |
-/// | 80 | 8 | mem cache entries (16 bytes each) |
-/// | 88 | 8 | FNV-1a 64 over bytes 0..<88, the mem cache and the blob |
-/// | 96 | 32 | zero |
+/// Layout: native-endian, 128 bytes, the fields at the offsets
+/// ``HandoverRecord/Field`` gives (the one place they are written down);
+/// bytes 96..<128 are zero. The checksum is FNV-1a 64 over the bytes before
+/// it, the mem cache and the blob.
 public struct HandoverRecord: Sendable, Equatable {
   public static let magic: UInt64 = 0x0044_4e41_484f_484b  // "KHOHAND\0" in memory order
   public static let version: UInt32 = 1
   public static let size = 128
-  static let checksumOffset = 88
+
+  /// Byte offsets of the record's fields; each is 8 bytes but `version` and
+  /// `recordSize` (4).
+  enum Field {
+    /// `"KHOHAND\0"`.
+    static let magic = 0
+    /// The layout's version, 1.
+    static let version = 8
+    /// The record's size, 128.
+    static let recordSize = 12
+    static let arenaSize = 16
+    static let pageSize = 24
+    /// 0 for a cold start, +1 per handover.
+    static let generation = 32
+    static let scratchAddress = 40
+    static let scratchSize = 48
+    static let blobAddress = 56
+    static let blobSize = 64
+    static let memCacheAddress = 72
+    /// Entries of ``KHOMemoryRange/encodedSize`` (16) bytes.
+    static let memCacheCount = 80
+    /// FNV-1a 64 over bytes `0..<checksum`, the mem cache and the blob.
+    static let checksum = 88
+  }
 
   /// The environment variable that tells the next image where the record
   /// is: `KHO_HANDOVER=v1,fd=N,size=0xARENA,record=0xOFFSET`.
@@ -60,17 +69,19 @@ public struct HandoverRecord: Sendable, Equatable {
   func encoded() -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: Self.size)
     bytes.withUnsafeMutableBytes { raw in
-      raw.storeBytes(of: Self.magic, toByteOffset: 0, as: UInt64.self)
-      raw.storeBytes(of: Self.version, toByteOffset: 8, as: UInt32.self)
-      raw.storeBytes(of: UInt32(Self.size), toByteOffset: 12, as: UInt32.self)
-      let fields: [UInt64] = [
-        arenaSize, pageSize, generation,
-        scratch.lowerBound, scratch.length,
-        blob.lowerBound, blob.length,
-        memCacheAddress, memCacheCount, checksum,
+      raw.storeBytes(of: Self.magic, toByteOffset: Field.magic, as: UInt64.self)
+      raw.storeBytes(of: Self.version, toByteOffset: Field.version, as: UInt32.self)
+      raw.storeBytes(of: UInt32(Self.size), toByteOffset: Field.recordSize, as: UInt32.self)
+      let fields: [(Int, UInt64)] = [
+        (Field.arenaSize, arenaSize), (Field.pageSize, pageSize),
+        (Field.generation, generation),
+        (Field.scratchAddress, scratch.lowerBound), (Field.scratchSize, scratch.length),
+        (Field.blobAddress, blob.lowerBound), (Field.blobSize, blob.length),
+        (Field.memCacheAddress, memCacheAddress), (Field.memCacheCount, memCacheCount),
+        (Field.checksum, checksum),
       ]
-      for (i, value) in fields.enumerated() {
-        raw.storeBytes(of: value, toByteOffset: 16 + i * 8, as: UInt64.self)
+      for (offset, value) in fields {
+        raw.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
       }
     }
     return bytes
@@ -83,20 +94,20 @@ public struct HandoverRecord: Sendable, Equatable {
     guard raw.count >= size else {
       throw .badRecord("record of \(raw.count) bytes is shorter than \(size)")
     }
-    let magic = raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+    let magic = raw.loadUnaligned(fromByteOffset: Field.magic, as: UInt64.self)
     guard magic == Self.magic else {
       throw .badRecord("bad magic 0x\(String(magic, radix: 16))")
     }
-    let version = raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    let version = raw.loadUnaligned(fromByteOffset: Field.version, as: UInt32.self)
     guard version == Self.version else {
       throw .badRecord("version \(version) is not the supported version \(Self.version)")
     }
-    let recordSize = raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self)
+    let recordSize = raw.loadUnaligned(fromByteOffset: Field.recordSize, as: UInt32.self)
     guard recordSize == UInt32(Self.size) else {
       throw .badRecord("record size \(recordSize) is not \(Self.size)")
     }
-    func field(_ i: Int) -> UInt64 {
-      raw.loadUnaligned(fromByteOffset: 16 + i * 8, as: UInt64.self)
+    func field(_ offset: Int) -> UInt64 {
+      raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
     }
     func range(_ start: UInt64, _ count: UInt64, _ what: String) throws(HandoverError) -> Range<
       UInt64
@@ -109,11 +120,12 @@ public struct HandoverRecord: Sendable, Equatable {
       return start..<end
     }
     var record = HandoverRecord(
-      arenaSize: field(0), pageSize: field(1), generation: field(2),
-      scratch: try range(field(3), field(4), "scratch"),
-      blob: try range(field(5), field(6), "blob"),
-      memCacheAddress: field(7), memCacheCount: field(8))
-    record.checksum = field(9)
+      arenaSize: field(Field.arenaSize), pageSize: field(Field.pageSize),
+      generation: field(Field.generation),
+      scratch: try range(field(Field.scratchAddress), field(Field.scratchSize), "scratch"),
+      blob: try range(field(Field.blobAddress), field(Field.blobSize), "blob"),
+      memCacheAddress: field(Field.memCacheAddress), memCacheCount: field(Field.memCacheCount))
+    record.checksum = field(Field.checksum)
     return record
   }
 

@@ -10,8 +10,5 @@ func checked<T>(_ body: () throws(SystemCallError) -> T) throws(ControlMountErro
 /// Writes one whole message to /dev/fuse in one call, as the kernel
 /// requires for a reply.
 func writeMessage(_ fd: Int32, _ bytes: [UInt8]) throws(SystemCallError) {
-  let result: Result<Int, SystemCallError> = bytes.withUnsafeBytes { raw in
-    Result { () throws(SystemCallError) in try FileDescriptor(rawValue: fd).write(raw) }
-  }
-  _ = try result.get()
+  _ = try FileDescriptor(rawValue: fd).write(bytes)
 }

@@ -65,6 +65,17 @@ extension FileDescriptor {
     try systemCall("write") { Glibc.write(rawValue, bytes.baseAddress, bytes.count) }.get()
   }
 
+  /// Writes at most `bytes.count` bytes of an array, in one call; how many
+  /// were written.
+  ///
+  /// The corresponding C function is `write`.
+  public func write(_ bytes: [UInt8]) throws(SystemCallError) -> Int {
+    let result: Result<Int, SystemCallError> = bytes.withUnsafeBytes { raw in
+      systemCall("write") { Glibc.write(rawValue, raw.baseAddress, raw.count) }
+    }
+    return try result.get()
+  }
+
   /// Writes all of `bytes`, looping over short writes.
   ///
   /// The corresponding C function is `write`.

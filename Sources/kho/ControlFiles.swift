@@ -1,3 +1,5 @@
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -51,20 +53,15 @@ struct ControlFiles {
   /// Writes `value` to `M/relative` in one `write(2)`, as `echo` does.
   func write(_ relative: String, _ value: String) throws(Failure) {
     let path = mount + "/" + relative
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    if fd < 0 {
-      let e = errno
+    do throws(SystemCallError) {
+      let fd = try FileDescriptor.open(path, O_WRONLY)
+      defer { fd.closeIgnoringErrors() }
+      let bytes = Array(value.utf8)
+      // One write(2), as echo does: an attribute takes its value whole.
+      _ = try fd.write(bytes)
+    } catch {
+      let e = error.errno.rawValue
       throw Failure(path: path, errno: e, hint: Self.hint(relative, e, writing: true))
-    }
-    defer { close(fd) }
-    let bytes = Array(value.utf8)
-    while true {
-      let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-      if n >= 0 { return }
-      let e = errno
-      if e != EINTR {
-        throw Failure(path: path, errno: e, hint: Self.hint(relative, e, writing: true))
-      }
     }
   }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -22,47 +23,31 @@ enum FileIO {
 
   /// Reads all of `path` (`-` for standard input).
   static func read(_ path: String) throws(Failure) -> [UInt8] {
-    let fd: Int32
-    if path == "-" {
-      fd = STDIN_FILENO
-    } else {
-      fd = open(path, O_RDONLY | O_CLOEXEC)
-      if fd < 0 {
-        throw Failure(description: "\(path): \(String(cString: strerror(errno)))", errno: errno)
+    do throws(SystemCallError) {
+      let fd = path == "-" ? FileDescriptor(rawValue: STDIN_FILENO) : try .open(path, O_RDONLY)
+      defer { if fd.rawValue != STDIN_FILENO { fd.closeIgnoringErrors() } }
+      var result: [UInt8] = []
+      while true {
+        let chunk = try fd.read(upTo: 1 << 16)
+        if chunk.isEmpty { return result }
+        result += chunk
       }
-    }
-    defer { if fd != STDIN_FILENO { close(fd) } }
-    var result: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-      let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw Failure(description: "\(path): \(String(cString: strerror(errno)))", errno: errno)
-      }
-      if n == 0 { return result }
-      result.append(contentsOf: chunk[..<n])
+    } catch {
+      throw Failure(description: "\(path): \(error.errno.message)", errno: error.errno.rawValue)
     }
   }
 
   /// Writes `bytes` to `path` (`-` for standard output), replacing it.
   static func write(_ bytes: [UInt8], to path: String) throws(Failure) {
-    let fd: Int32
-    if path == "-" {
-      fd = STDOUT_FILENO
-    } else {
-      fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-      if fd < 0 { throw Failure(description: "\(path): \(String(cString: strerror(errno)))") }
-    }
-    defer { if fd != STDOUT_FILENO { close(fd) } }
-    var done = 0
-    while done < bytes.count {
-      let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw Failure(description: "\(path): \(String(cString: strerror(errno)))")
-      }
-      done += n
+    do throws(SystemCallError) {
+      let fd =
+        path == "-"
+        ? FileDescriptor(rawValue: STDOUT_FILENO)
+        : try .open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+      defer { if fd.rawValue != STDOUT_FILENO { fd.closeIgnoringErrors() } }
+      try fd.writeAll(bytes)
+    } catch {
+      throw Failure(description: "\(path): \(error.errno.message)", errno: error.errno.rawValue)
     }
   }
 

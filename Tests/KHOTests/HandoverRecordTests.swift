@@ -70,3 +70,19 @@ import Testing
     #expect(throws: HandoverError.self) { try HandoverLocation(parsing: text) }
   }
 }
+
+@Suite struct HandoverRecordLayoutTests {
+  /// The offsets are an ABI between two images of possibly different
+  /// builds: pin them.
+  @Test func fieldOffsetsAreTheDocumentedOnes() {
+    typealias F = HandoverRecord.Field
+    #expect(
+      [F.magic, F.version, F.recordSize, F.arenaSize, F.pageSize, F.generation]
+        == [0, 8, 12, 16, 24, 32])
+    #expect(
+      [F.scratchAddress, F.scratchSize, F.blobAddress, F.blobSize, F.memCacheAddress]
+        == [40, 48, 56, 64, 72])
+    #expect([F.memCacheCount, F.checksum] == [80, 88])
+    #expect(HandoverRecord.size == 128)
+  }
+}
