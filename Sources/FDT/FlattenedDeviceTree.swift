@@ -72,7 +72,9 @@ public struct FlattenedDeviceTree: Sendable {
     // The first token that is not a NOP is the root's FDT_BEGIN_NODE.
     var at = layout.structStart
     withTrusted { b in
-      while b.u32(at) == FDTToken.nop.rawValue { at = b.nextTag(at: at, end: layout.structEnd).next }
+      while b.u32(at) == FDTToken.nop.rawValue {
+        at = b.nextTag(at: at, end: layout.structEnd).next
+      }
     }
     return FDTNode(tree: self, offset: at)
   }

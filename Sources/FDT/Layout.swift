@@ -27,6 +27,18 @@ public enum FDTFormat {
   public static let propertyHeaderSize = 12
   public static let propertyLengthOffset = 4
   public static let propertyNameOffset = 8
+
+  /// Where a node's properties and subnodes start, given the offset of the
+  /// NUL that ends its name: past the NUL, aligned.
+  @inlinable @inline(__always)
+  static func nodeContentOffset(nameNUL: Int) -> Int { alignUp4(nameNUL + 1) }
+
+  /// The token after the `FDT_PROP` at `offset` whose value has `length`
+  /// bytes: past the header and the value, aligned.
+  @inlinable @inline(__always)
+  static func offsetAfterProperty(at offset: Int, length: Int) -> Int {
+    alignUp4(offset + propertyHeaderSize + length)
+  }
 }
 
 /// The tokens of the structure block.

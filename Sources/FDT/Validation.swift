@@ -35,10 +35,10 @@ struct TrustedBytes {
     switch token {
     case FDTToken.beginNode.rawValue:
       let nameStart = offset + FDTFormat.tokenSize
-      return (token, alignUp4((nul(from: nameStart, before: end) ?? end) + 1))
+      return (token, FDTFormat.nodeContentOffset(nameNUL: nul(from: nameStart, before: end) ?? end))
     case FDTToken.property.rawValue:
       let length = Int(u32(offset + FDTFormat.propertyLengthOffset))
-      return (token, alignUp4(offset + FDTFormat.propertyHeaderSize + length))
+      return (token, FDTFormat.offsetAfterProperty(at: offset, length: length))
     default:
       return (token, offset + FDTFormat.tokenSize)
     }
@@ -305,7 +305,7 @@ enum Validator {
           throw FDTError(.truncated, at: at, "node name runs past the structure block")
         }
         try checkNodeName(bytes, from: at, to: nul, isRoot: depth == 0)
-        at = bytes.nextTag(at: tokenAt, end: end).next
+        at = FDTFormat.nodeContentOffset(nameNUL: nul)
         if at > end {
           throw FDTError(.truncated, at: nul, "node name padding runs past the structure block")
         }
@@ -338,7 +338,7 @@ enum Validator {
             .truncated, at: valueStart,
             "property value of \(length) bytes runs past the structure block")
         }
-        at = bytes.nextTag(at: tokenAt, end: end).next
+        at = FDTFormat.offsetAfterProperty(at: tokenAt, length: length)
         if at > end {
           throw FDTError(.truncated, at: at - 4, "property padding runs past the structure block")
         }
