@@ -39,7 +39,7 @@ public struct KHOOptions: Sendable {
 
 /// Why a cold start failed (a bad handover never fails a boot: it starts
 /// cold instead).
-public enum KHOBootError: Error, Sendable, CustomStringConvertible {
+public enum KHOBootError: Error, Sendable, Equatable, CustomStringConvertible {
   case arena(ArenaError)
   case scratch(AllocatorError)
 
