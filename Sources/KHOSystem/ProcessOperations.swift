@@ -92,6 +92,27 @@ public enum ProcessOperations {
     getenv(name).map { String(cString: $0) }
   }
 
+  /// The soft and hard limits on open descriptors.
+  ///
+  /// The corresponding C function is `getrlimit(RLIMIT_NOFILE)`.
+  public static func openFileLimit() throws(SystemCallError) -> (soft: UInt64, hard: UInt64) {
+    var limit = rlimit()
+    _ = try systemCall("getrlimit(RLIMIT_NOFILE)") {
+      getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }.get()
+    return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
+  }
+
+  /// Sets the soft and hard limits on open descriptors.
+  ///
+  /// The corresponding C function is `setrlimit(RLIMIT_NOFILE)`.
+  public static func setOpenFileLimit(soft: UInt64, hard: UInt64) throws(SystemCallError) {
+    var limit = rlimit(rlim_cur: rlim_t(soft), rlim_max: rlim_t(hard))
+    _ = try systemCall("setrlimit(RLIMIT_NOFILE)") {
+      setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }.get()
+  }
+
   /// Names this thread (at most 15 bytes kept).
   ///
   /// The corresponding C function is `pthread_setname_np`.
@@ -127,6 +148,13 @@ public enum FileSystem {
   /// The corresponding C function is `mkdir`.
   public static func makeDirectory(_ path: String, mode: mode_t) throws(SystemCallError) {
     _ = try systemCall("mkdir") { mkdir(path, mode) }.get()
+  }
+
+  /// Succeeds if this process may execute `path`.
+  ///
+  /// The corresponding C function is `access` (`X_OK`).
+  public static func checkExecutable(_ path: String) throws(SystemCallError) {
+    _ = try systemCall("access") { access(path, X_OK) }.get()
   }
 
   /// Whether this process may execute `path`.

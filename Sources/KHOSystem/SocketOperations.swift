@@ -114,3 +114,61 @@ extension FileDescriptor {
     return FileDescriptor(rawValue: fd)
   }
 }
+
+extension FileDescriptor {
+  /// A TCP socket bound to `address` (of `length` bytes, family `family`)
+  /// and listening, close-on-exec, with `SO_REUSEADDR`.
+  ///
+  /// The corresponding C functions are `socket`, `setsockopt`, `bind` and
+  /// `listen`.
+  public static func listeningTCPSocket(
+    family: Int32, address: UnsafePointer<sockaddr>, length: socklen_t, backlog: Int32
+  ) throws(SystemCallError) -> FileDescriptor {
+    let fd = FileDescriptor(
+      rawValue: try systemCall("socket") {
+        socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+      }.get())
+    do {
+      var one: Int32 = 1
+      _ = try systemCall("setsockopt(SO_REUSEADDR)") {
+        setsockopt(fd.rawValue, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+      }.get()
+      _ = try systemCall("bind") { bind(fd.rawValue, address, length) }.get()
+      _ = try systemCall("listen") { listen(fd.rawValue, backlog) }.get()
+      return fd
+    } catch {
+      fd.closeIgnoringErrors()
+      throw error
+    }
+  }
+
+  /// Whether this is a socket that listens (`SO_ACCEPTCONN`).
+  ///
+  /// The corresponding C function is `getsockopt`.
+  public func isListening() throws(SystemCallError) -> Bool {
+    var accepting: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    _ = try systemCall("getsockopt(SO_ACCEPTCONN)") {
+      getsockopt(rawValue, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length)
+    }.get()
+    return accepting == 1
+  }
+
+  /// The local port of an IPv4 or IPv6 socket; nil for another family.
+  ///
+  /// The corresponding C function is `getsockname`.
+  public func localPort() throws(SystemCallError) -> Int? {
+    var address = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    _ = try systemCall("getsockname") {
+      withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(rawValue, $0, &length) }
+      }
+    }.get()
+    let family = Int32(address.ss_family)
+    guard family == AF_INET || family == AF_INET6 else { return nil }
+    // sin_port and sin6_port both follow the 2-byte family.
+    let port = withUnsafeBytes(of: address) { $0.load(fromByteOffset: 2, as: UInt16.self) }
+    return Int(UInt16(bigEndian: port))
+  }
+}

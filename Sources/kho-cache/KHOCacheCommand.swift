@@ -440,40 +440,22 @@ func bindListeningSocket(host: String, port: Int) throws -> Int32 {
     throw ValidationError("cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
   }
   defer { freeaddrinfo(result) }
-  let fd = socket(
-    info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-  guard fd >= 0 else { throw ValidationError("socket: \(String(cString: strerror(errno)))") }
-  var one: Int32 = 1
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-  guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, 1024) == 0 else {
-    let message = String(cString: strerror(errno))
-    close(fd)
-    throw ValidationError("cannot listen on \(host):\(port): \(message)")
+  do {
+    return try FileDescriptor.listeningTCPSocket(
+      family: info.pointee.ai_family, address: info.pointee.ai_addr,
+      length: info.pointee.ai_addrlen, backlog: 1024
+    ).rawValue
+  } catch {
+    throw ValidationError("cannot listen on \(host):\(port): \(error)")
   }
-  return fd
 }
 
 /// Whether `fd` is a TCP socket listening on `port` (`getsockopt`
 /// SO_ACCEPTCONN, `getsockname`).
 func isListeningSocket(_ fd: Int32, port: Int) -> Bool {
-  var accepting: Int32 = 0
-  var length = socklen_t(MemoryLayout<Int32>.size)
-  guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0, accepting == 1 else {
-    return false
-  }
-  var address = sockaddr_storage()
-  var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-  let named = withUnsafeMutablePointer(to: &address) {
-    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &addressLength) }
-  }
-  guard named == 0 else { return false }
-  let family = Int32(address.ss_family)
-  guard family == AF_INET || family == AF_INET6 else { return false }
-  // sin_port and sin6_port both follow the 2-byte family.
-  let portInNetworkOrder = withUnsafeBytes(of: address) {
-    $0.load(fromByteOffset: 2, as: UInt16.self)
-  }
-  return Int(UInt16(bigEndian: portInNetworkOrder)) == port
+  let descriptor = FileDescriptor(rawValue: fd)
+  guard (try? descriptor.isListening()) == true else { return false }
+  return (try? descriptor.localPort()) == port
 }
 
 /// A handed-over store's memory, claimed but not yet read.

@@ -1,3 +1,5 @@
+import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -24,26 +26,23 @@ enum ResourceLimits {
   static func fitOpenFileLimit(maxConnections: Int, threads: Int) -> Int {
     let headroom = descriptorHeadroom(threads: threads)
     let (needed, overflow) = maxConnections.addingReportingOverflow(headroom)
-    var limit = rlimit()
-    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
-      warn(
-        "getrlimit(RLIMIT_NOFILE): \(String(cString: strerror(errno))); keeping -c \(maxConnections)"
-      )
+    let limit: (soft: UInt64, hard: UInt64)
+    do { limit = try ProcessOperations.openFileLimit() } catch {
+      warn("\(error); keeping -c \(maxConnections)")
       return maxConnections
     }
-    let wanted = overflow ? rlim_t.max : rlim_t(needed)
-    if limit.rlim_cur >= wanted { return maxConnections }
-    let soft = limit.rlim_max == rlim_t.max ? wanted : min(wanted, limit.rlim_max)
-    var raised = limit
-    raised.rlim_cur = soft
-    if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) != 0 {
-      // The soft limit stays where it was.
-      raised = limit
-    }
-    if raised.rlim_cur >= wanted { return maxConnections }
-    let fitting = max(1, Int(clamping: raised.rlim_cur) - headroom)
+    let unlimited = UInt64(rlim_t.max)
+    let wanted = overflow ? unlimited : UInt64(needed)
+    if limit.soft >= wanted { return maxConnections }
+    let soft = limit.hard == unlimited ? wanted : min(wanted, limit.hard)
+    // On failure the soft limit stays where it was.
+    let raised =
+      (try? ProcessOperations.setOpenFileLimit(soft: soft, hard: limit.hard)) != nil
+      ? soft : limit.soft
+    if raised >= wanted { return maxConnections }
+    let fitting = max(1, Int(clamping: raised) - headroom)
     warn(
-      "the open-file limit (RLIMIT_NOFILE soft \(raised.rlim_cur), hard \(limit.rlim_max == rlim_t.max ? "unlimited" : "\(limit.rlim_max)")) "
+      "the open-file limit (RLIMIT_NOFILE soft \(raised), hard \(limit.hard == unlimited ? "unlimited" : "\(limit.hard)")) "
         + "is below -c \(maxConnections) plus \(headroom) descriptors of headroom; "
         + "allowing \(fitting) connections instead (raise the limit, e.g. LimitNOFILE=\(needed) in the unit, or lower -c)"
     )
@@ -51,8 +50,8 @@ enum ResourceLimits {
   }
 
   private static func warn(_ message: String) {
-    let line = Array("kho-cache: warning: \(message)\n".utf8)
     // write(2): stdio's `stderr` is shared mutable state to Swift 6.
-    _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    try? FileDescriptor(rawValue: STDERR_FILENO).writeAll(
+      Array("kho-cache: warning: \(message)\n".utf8))
   }
 }

@@ -197,20 +197,23 @@ struct RoundTrip {
   }
 
   static func listeningSocket(port: UInt16) throws -> Int32 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    var one: Int32 = 1
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = port.bigEndian
     addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    let rc = withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+    do {
+      return try withUnsafePointer(to: &addr) { pointer throws(SystemCallError) in
+        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          address throws(SystemCallError) in
+          try FileDescriptor.listeningTCPSocket(
+            family: AF_INET, address: address, length: socklen_t(MemoryLayout<sockaddr_in>.size),
+            backlog: 128
+          ).rawValue
+        }
       }
+    } catch {
+      throw Failure("listen: \(error)")
     }
-    guard fd >= 0, rc == 0, listen(fd, 128) == 0 else { throw Failure("listen: errno \(errno)") }
-    return fd
   }
 
   static func boundPort(_ fd: Int32) -> UInt16 {

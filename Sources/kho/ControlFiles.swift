@@ -17,7 +17,7 @@ struct ControlFiles {
     /// What the errno means for this file, e.g. "the service has no scratch
     /// region (start it with --kho-scratch)".
     var hint: String? = nil
-    var errnoText: String { String(cString: strerror(errno)) }
+    var errnoText: String { Errno(rawValue: errno).message }
     var description: String {
       "\(path): \(errnoText)" + (hint.map { ": " + $0 } ?? "")
     }
@@ -103,23 +103,23 @@ extension ControlFiles {
   static func checked(_ mount: String) throws(Failure) -> ControlFiles {
     var m = mount
     while m.count > 1 && m.hasSuffix("/") { m.removeLast() }
-    var st = stat()
-    if stat(m, &st) != 0 {
-      let e = errno
+    let mode: UInt32
+    do { mode = try FileSystem.status(m).mode } catch {
+      let e = error.errno.rawValue
       throw Failure(
         path: m, errno: e,
         hint: e == ENOTCONN
           ? "the service that served this control mount is gone (unmount it with fusermount3 -u \(m))"
           : "no such directory (give the directory where the service mounted its control files)")
     }
-    if (st.st_mode & S_IFMT) != S_IFDIR {
+    if mode & UInt32(S_IFMT) != UInt32(S_IFDIR) {
       throw Failure(
         path: m, errno: ENOTDIR,
         hint: "give the directory where the service mounted its control files")
     }
     let files = ControlFiles(mount: m)
-    if stat(m + "/" + Path.active, &st) != 0 {
-      let e = errno
+    do { _ = try FileSystem.status(m + "/" + Path.active) } catch {
+      let e = error.errno.rawValue
       throw Failure(
         path: m + "/" + Path.active, errno: e,
         hint: e == ENOENT

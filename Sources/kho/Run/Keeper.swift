@@ -44,7 +44,6 @@ final class Keeper {
   private let buffer = UnsafeMutableRawBufferPointer.allocate(
     byteCount: NotifyMessage.maximumLength, alignment: 8)
 
-
   // The current run.
   private var main: pid_t?
   private var mainPidfd: Int32?

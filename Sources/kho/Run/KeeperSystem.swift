@@ -107,7 +107,7 @@ enum KeeperSystem {
         return r
       }.get()
     } catch {
-      Glibc.close(fd)
+      FileDescriptor(rawValue: fd).closeIgnoringErrors()
       throw error
     }
     let text = name.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
@@ -180,7 +180,7 @@ enum KeeperSystem {
   ///
   /// The corresponding C function is `close`.
   static func close(_ fd: Int32) {
-    _ = Glibc.close(fd)
+    FileDescriptor(rawValue: fd).closeIgnoringErrors()
   }
 
   /// Waits until one of `fds` is ready or `timeout` seconds passed (`nil`:

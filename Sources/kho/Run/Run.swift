@@ -1,4 +1,5 @@
 import ArgumentParser
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -149,10 +150,13 @@ struct Run: ParsableCommand {
   /// slash as is, a bare name in `$PATH`; exit 1 with a message if none.
   static func resolve(_ name: String) throws -> String {
     func usable(_ path: String) -> Int32 {
-      var st = stat()
-      if stat(path, &st) != 0 { return errno }
-      if (st.st_mode & S_IFMT) != S_IFREG { return EACCES }
-      return access(path, X_OK) == 0 ? 0 : errno
+      do throws(SystemCallError) {
+        if try FileSystem.status(path).mode & UInt32(S_IFMT) != UInt32(S_IFREG) { return EACCES }
+        try FileSystem.checkExecutable(path)
+        return 0
+      } catch {
+        return error.errno.rawValue
+      }
     }
     if name.isEmpty { throw Service.fail("run: the command's name is empty") }
     if name.contains("/") {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KHOSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -40,17 +41,19 @@ enum Service {
     }
     var firstError: (String, Int32)?
     for candidate in candidates {
-      var st = stat()
-      if stat(candidate, &st) != 0 {
-        if firstError == nil || firstError!.1 == ENOENT { firstError = (candidate, errno) }
+      let mode: UInt32
+      do { mode = try FileSystem.status(candidate).mode } catch {
+        if firstError == nil || firstError!.1 == ENOENT {
+          firstError = (candidate, error.errno.rawValue)
+        }
         continue
       }
-      if (st.st_mode & S_IFMT) != S_IFREG {
+      if mode & UInt32(S_IFMT) != UInt32(S_IFREG) {
         firstError = (candidate, EACCES)
         continue
       }
-      if access(candidate, X_OK) != 0 {
-        firstError = (candidate, errno)
+      do { try FileSystem.checkExecutable(candidate) } catch {
+        firstError = (candidate, error.errno.rawValue)
         continue
       }
       return candidate
