@@ -127,11 +127,10 @@ public final class ServiceControl: Sendable {
   private static func adoptInherited(
     _ runtime: HandoverRuntime, tree: ControlTree, logger: Logger
   ) -> ControlMount? {
-    let encoded = getenv(ControlConnectionState.environmentVariable).map { String(cString: $0) }
-    unsetenv(ControlConnectionState.environmentVariable)
+    let encoded = Environment.take(ControlConnectionState.environmentVariable)
     for fd in runtime.strayInherited where isFUSEConnection(fd) {
       logger.error("kho: closing FUSE connection fd \(fd), handed over without a name")
-      close(fd)
+      FileDescriptor(rawValue: fd).closeIgnoringErrors()
     }
     guard let fd = runtime.inherited[fdName] else { return nil }
     do {
@@ -152,7 +151,7 @@ public final class ServiceControl: Sendable {
       return mount
     } catch {
       logger.error("kho: cannot adopt the handed-over control connection, mounting anew: \(error)")
-      close(fd)
+      FileDescriptor(rawValue: fd).closeIgnoringErrors()
       return nil
     }
   }
