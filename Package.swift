@@ -13,6 +13,7 @@ let package = Package(
     .library(name: "KHORuntime", targets: ["KHORuntime"]),
     .library(name: "KHOControlFS", targets: ["KHOControlFS"]),
     .library(name: "KHOServiceControl", targets: ["KHOServiceControl"]),
+    .library(name: "KHOServiceLifecycle", targets: ["KHOServiceLifecycle"]),
     .library(name: "KHOCacheStore", targets: ["KHOCacheStore"]),
     .executable(name: "kho", targets: ["kho"]),
     .executable(name: "kho-cache", targets: ["kho-cache"]),
@@ -21,6 +22,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
   ],
   targets: [
     // MARK: C surfaces (headers and forwarding shims only)
@@ -80,6 +83,19 @@ let package = Package(
       ]
     ),
 
+    // The runtime as a Service of swift-service-lifecycle's ServiceGroup,
+    // with its figures through swift-metrics.
+    .target(
+      name: "KHOServiceLifecycle",
+      dependencies: [
+        "KHO", "KHORuntime", "KHOServiceControl",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+      ]
+    ),
+
     // Example subsystems: a trace ring buffer that survives handover.
     .target(name: "KHOExamples", dependencies: ["KHO", "FDT"]),
 
@@ -134,6 +150,14 @@ let package = Package(
     .testTarget(
       name: "KHORuntimeTests", dependencies: ["KHORuntime", "KHOExamples", "KHOSystem"]),
     .testTarget(name: "KHOControlFSTests", dependencies: ["KHOControlFS", "KHOSystem"]),
+    .testTarget(
+      name: "KHOServiceLifecycleTests",
+      dependencies: [
+        "KHOServiceLifecycle", "KHO", "KHORuntime",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
     .testTarget(name: "KHOCacheStoreTests", dependencies: ["KHOCacheStore"]),
     .testTarget(
       name: "KHOCacheServerTests",
