@@ -54,7 +54,7 @@ let tree: ControlTree = {
   files[ControlPaths.active] = .attribute(
     mode: 0o600,
     show: { Array((state.withLock { $0.active } ? "1\n" : "0\n").utf8) },
-    store: { bytes throws(FileError) in
+    store: { bytes throws(Errno) in
       let text = bytes.last == UInt8(ascii: "\n") ? bytes.dropLast() : bytes[...]
       guard text.elementsEqual("0".utf8) || text.elementsEqual("1".utf8) else {
         throw .invalidArgument
@@ -64,7 +64,7 @@ let tree: ControlTree = {
   files[ControlPaths.dtMax] = .attribute(
     mode: 0o600,
     show: { Array("0x\(String(state.withLock { $0.dtMax }, radix: 16))\n".utf8) },
-    store: { bytes throws(FileError) in
+    store: { bytes throws(Errno) in
       var text = String(decoding: bytes, as: UTF8.self)
       if text.hasSuffix("\n") { text.removeLast() }
       if text.hasPrefix("0x") { text.removeFirst(2) }
@@ -84,35 +84,35 @@ let tree: ControlTree = {
   // As KHOServiceControl stages an image: offset 0 starts anew.
   files[ControlPaths.kexecImage] = .offsetAttribute(
     mode: 0o600, show: { state.withLock { $0.image?.shown ?? [] } },
-    store: { offset, bytes throws(FileError) in
-      try state.withLock { (s) throws(FileError) in
+    store: { offset, bytes throws(Errno) in
+      try state.withLock { (s) throws(Errno) in
         let text = offset == 0 ? bytes : s.imageText + bytes
-        guard text.count <= 4096 else { throw .tooBig }
+        guard text.count <= 4096 else { throw .argumentListTooLong }
         s.image = try KexecImage(parsing: text)
         s.imageText = text
       }
     })
   files[ControlPaths.kexecMode] = .attribute(
     mode: 0o600, show: { state.withLock { $0.mode.shown } },
-    store: { bytes throws(FileError) in
+    store: { bytes throws(Errno) in
       let mode = try KexecMode(parsing: bytes)
       state.withLock { $0.mode = mode }
     })
-  files[ControlPaths.kexecUnload] = .trigger { bytes throws(FileError) in
+  files[ControlPaths.kexecUnload] = .trigger { bytes throws(Errno) in
     try ControlFile.parseTrigger(bytes)
     state.withLock { $0.image = nil }
   }
-  files[ControlPaths.kexecExecute] = .trigger { bytes throws(FileError) in
+  files[ControlPaths.kexecExecute] = .trigger { bytes throws(Errno) in
     try ControlFile.parseTrigger(bytes)
-    try state.withLock { (s) throws(FileError) in
-      guard s.image != nil else { throw FileError(errno: ENOEXEC) }
+    try state.withLock { (s) throws(Errno) in
+      guard s.image != nil else { throw Errno(rawValue: ENOEXEC) }
       s.executed += 1
     }
   }
   // A handler that fails, and a file that can be neither read nor written.
   files["kernel/failing"] = ControlFile(
-    mode: 0o644, read: { _, _ throws(FileError) in throw .busy },
-    write: { _ throws(FileError) in throw FileError(errno: EIO) })
+    mode: 0o644, read: { _, _ throws(Errno) in throw .resourceBusy },
+    write: { _ throws(Errno) in throw Errno(rawValue: EIO) })
   files["kernel/sealed"] = ControlFile(mode: 0o000, read: nil)
   return ControlTree(files)
 }()

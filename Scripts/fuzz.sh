@@ -121,17 +121,31 @@ build_memcache() {
 
 build_fuse() {
   local bin=$1 shim=$OUT/fuse/cfuse
-  local sources=("$ROOT"/Sources/KHOControlFS/*.swift "$ROOT/Fuzz/FUSEFuzz.swift")
-  stale "$bin" "${sources[@]}" "$ROOT"/Sources/CFUSEKernel/shim.c \
-    "$ROOT"/Sources/CFUSEKernel/include/*.h || return 0
+  # One module of KHOControlFS's and KHOSystem's sources, so that the target
+  # reaches the decoder's internals; `import KHOSystem` then finds an empty
+  # module of that name.
+  local sources=("$ROOT"/Sources/KHOControlFS/*.swift "$ROOT"/Sources/KHOSystem/*.swift
+    "$ROOT/Fuzz/FUSEFuzz.swift")
+  local shims=("$ROOT"/Sources/CKHOSystem/*.c)
+  stale "$bin" "${sources[@]}" "${shims[@]}" "$ROOT"/Sources/CFUSEKernel/include/*.h \
+    "$ROOT"/Sources/CKHOSystem/include/*.h || return 0
   echo "fuzz.sh: building $bin" >&2
   mkdir -p "$shim"
-  # The C target as SwiftPM would present it: a module map over its header.
-  printf 'module CFUSEKernel {\n  header "%s"\n  export *\n}\n' \
-    "$ROOT/Sources/CFUSEKernel/include/CFUSEKernel.h" >"$shim/module.modulemap"
-  "$CLANG" -fsanitize=fuzzer-no-link,address -O1 -g -c "$ROOT/Sources/CFUSEKernel/shim.c" \
-    -I "$ROOT/Sources/CFUSEKernel/include" -o "$shim/shim.o" || return 1
-  swiftc_fuzz -module-name FUSEFuzz -I "$shim" "${sources[@]}" "$shim/shim.o" -o "$bin"
+  # The C targets as SwiftPM would present them: module maps over their headers.
+  printf 'module CFUSEKernel {\n  header "%s"\n  export *\n}\nmodule CKHOSystem {\n  header "%s"\n  export *\n}\n' \
+    "$ROOT/Sources/CFUSEKernel/include/CFUSEKernel.h" \
+    "$ROOT/Sources/CKHOSystem/include/CKHOSystem.h" >"$shim/module.modulemap"
+  local objects=() c
+  for c in "${shims[@]}"; do
+    "$CLANG" -fsanitize=fuzzer-no-link,address -O1 -g -c "$c" \
+      -I "$ROOT/Sources/CKHOSystem/include" -o "$shim/$(basename "${c%.c}").o" || return 1
+    objects+=("$shim/$(basename "${c%.c}").o")
+  done
+  : >"$shim/Empty.swift"
+  "$SWIFTC" -emit-module -module-name KHOSystem -parse-as-library "$shim/Empty.swift" \
+    -emit-module-path "$shim/KHOSystem.swiftmodule" || return 1
+  swiftc_fuzz -module-name FUSEFuzz -package-name swift_kho -I "$shim" "${sources[@]}" \
+    "${objects[@]}" -o "$bin"
 }
 
 seed_fdt() {

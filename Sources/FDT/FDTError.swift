@@ -42,12 +42,14 @@ public struct FDTError: Error, Sendable, Equatable, CustomStringConvertible {
     case notFound
   }
 
+  /// What kind of damage it is.
   public var kind: Kind
   /// The byte offset in the blob where the problem is, when there is one.
   public var offset: Int?
   /// A sentence for a person.
   public var message: String
 
+  /// An error of `kind` at byte `offset` of the blob (nil: not at one place), with a message for people.
   public init(_ kind: Kind, at offset: Int?, _ message: String) {
     self.kind = kind
     self.offset = offset

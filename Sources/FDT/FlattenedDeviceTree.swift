@@ -140,6 +140,7 @@ extension FlattenedDeviceTree {
 
 /// A node of a validated tree.
 public struct FDTNode: Sendable {
+  /// The validated tree this belongs to.
   public let tree: FlattenedDeviceTree
   /// The absolute offset of the node's FDT_BEGIN_NODE token.
   public let offset: Int
@@ -226,6 +227,7 @@ public struct FDTNode: Sendable {
 
 /// A property of a validated tree.
 public struct FDTProperty: Sendable {
+  /// The validated tree this belongs to.
   public let tree: FlattenedDeviceTree
   /// The absolute offset of the property's FDT_PROP token.
   public let offset: Int

@@ -25,7 +25,9 @@ public enum FDTFormat {
   /// (at ``propertyLengthOffset``), the name's offset in the strings block
   /// (at ``propertyNameOffset``); the value follows.
   public static let propertyHeaderSize = 12
+  /// Where the value's length is, from the `FDT_PROP` token.
   public static let propertyLengthOffset = 4
+  /// Where the name's offset in the strings block is, from the `FDT_PROP` token.
   public static let propertyNameOffset = 8
 
   /// Where a node's properties and subnodes start, given the offset of the
@@ -66,23 +68,36 @@ enum HeaderField: Int {
 
 /// The header of a blob, decoded.
 public struct FDTHeader: Sendable, Equatable {
+  /// ``FDTFormat/magic``, `0xd00dfeed`.
   public var magic: UInt32
+  /// The blob's size, in bytes.
   public var totalSize: UInt32
+  /// Where the structure block starts.
   public var structOffset: UInt32
+  /// Where the strings block starts.
   public var stringsOffset: UInt32
+  /// Where the memory reservation block starts.
   public var reservationOffset: UInt32
+  /// The format's version, 17.
   public var version: UInt32
+  /// The oldest version this blob stays compatible with, 16.
   public var lastCompatibleVersion: UInt32
+  /// The physical id of the boot CPU.
   public var bootCPUID: UInt32
+  /// The strings block's size, in bytes.
   public var stringsSize: UInt32
+  /// The structure block's size, in bytes.
   public var structSize: UInt32
 }
 
 /// One entry of the memory reservation block.
 public struct MemoryReservation: Sendable, Equatable, Hashable {
+  /// The first byte reserved.
   public var address: UInt64
+  /// How many bytes are reserved.
   public var size: UInt64
 
+  /// A reservation of `size` bytes from `address`.
   public init(address: UInt64, size: UInt64) {
     self.address = address
     self.size = size

@@ -37,6 +37,7 @@ public struct FDTWriter: Sendable {
     case finished
   }
 
+  /// Where the blocks go: libfdt's order or dtc's.
   public let layout: Layout
   /// The largest blob this writer may produce, or `nil` to grow freely.
   /// Exceeding it throws ``FDTError/Kind/noSpace``, as libfdt's `dt_max`.

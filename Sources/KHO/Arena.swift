@@ -78,6 +78,7 @@ public struct HugePageSystemFiles: Sendable {
   /// The shmem THP policy, e.g. `always within_size advise [never] deny force`.
   public var shmemEnabled = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
+  /// Default options.
   public init() {}
 }
 

@@ -34,7 +34,9 @@ public enum HandoverImage {
 
   /// Everything the previous image handed over, validated.
   public struct Incoming: Sendable {
+    /// The record, checked to point inside scratch.
     public let record: HandoverRecord
+    /// The mem cache, every range checked.
     public let memCache: MemCache
     /// The blob, copied out of scratch (the next serialize reuses scratch).
     public let tree: FlattenedDeviceTree

@@ -11,8 +11,11 @@ import KHOSystem
 /// bytes 96..<128 are zero. The checksum is FNV-1a 64 over the bytes before
 /// it, the mem cache and the blob.
 public struct HandoverRecord: Sendable, Equatable {
+  /// The record's first 8 bytes, `"KHOHAND\0"`.
   public static let magic: UInt64 = 0x0044_4e41_484f_484b  // "KHOHAND\0" in memory order
+  /// The layout's version.
   public static let version: UInt32 = 1
+  /// The record's size, in bytes.
   public static let size = 128
 
   /// Byte offsets of the record's fields; each is 8 bytes but `version` and
@@ -43,15 +46,24 @@ public struct HandoverRecord: Sendable, Equatable {
   /// is: `KHO_HANDOVER=v1,fd=N,size=0xARENA,record=0xOFFSET`.
   public static let environmentName = "KHO_HANDOVER"
 
+  /// The arena's size, as the fd must have it.
   public var arenaSize: UInt64
+  /// The arena's page size: 4 KiB or 2 MiB.
   public var pageSize: UInt64
+  /// 0 after a cold start, one more per handover.
   public var generation: UInt64
+  /// The scratch region, page-aligned, inside the arena.
   public var scratch: Range<UInt64>
+  /// The FDT blob, inside scratch.
   public var blob: Range<UInt64>
+  /// Where the mem cache starts, inside scratch.
   public var memCacheAddress: UInt64
+  /// How many 16-byte entries the mem cache has.
   public var memCacheCount: UInt64
+  /// FNV-1a 64 over the record before it, the mem cache and the blob.
   public var checksum: UInt64 = 0
 
+  /// A record with these fields and no checksum yet.
   public init(
     arenaSize: UInt64, pageSize: UInt64, generation: UInt64, scratch: Range<UInt64>,
     blob: Range<UInt64>, memCacheAddress: UInt64, memCacheCount: UInt64
@@ -212,10 +224,14 @@ public enum HandoverError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// The value of ``HandoverRecord/environmentName``.
 public struct HandoverLocation: Sendable, Equatable, CustomStringConvertible {
+  /// The arena's fd, open in the next image.
   public var fd: Int32
+  /// The arena's size, as the fd must have it.
   public var arenaSize: UInt64
+  /// The record's offset in the arena.
   public var recordAddress: UInt64
 
+  /// A record with these fields and no checksum yet.
   public init(fd: Int32, arenaSize: UInt64, recordAddress: UInt64) {
     self.fd = fd
     self.arenaSize = arenaSize

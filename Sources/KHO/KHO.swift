@@ -25,6 +25,7 @@ public struct KHOOptions: Sendable {
   /// The memfd's name, shown in `/proc/PID/fd`.
   public var arenaName: String
 
+  /// Options for an arena of `arenaSize` bytes with `scratchSize` bytes of scratch.
   public init(
     arenaSize: UInt64, scratchSize: UInt64 = 0, pageSize: ArenaPageSize = .small,
     dtMax: UInt64 = KHOOutgoing.defaultDTMax, arenaName: String = "kho-arena"

@@ -6,9 +6,12 @@ import FDT
 /// Subsystems put arrays of these, native-endian, in a `mem` property of
 /// their node; the addresses are arena offsets.
 public struct KHOMemoryRange: Sendable, Hashable, Comparable, CustomStringConvertible {
+  /// The first byte, page-aligned.
   public var address: UInt64
+  /// The number of bytes, a multiple of the page size.
   public var length: UInt64
 
+  /// The range of `length` bytes from `address`.
   public init(address: UInt64, length: UInt64) {
     self.address = address
     self.length = length
@@ -17,6 +20,7 @@ public struct KHOMemoryRange: Sendable, Hashable, Comparable, CustomStringConver
   /// One past the last byte; callers check for overflow first.
   public var end: UInt64 { address + length }
 
+  /// Ordered by address.
   public static func < (a: Self, b: Self) -> Bool {
     (a.address, a.length) < (b.address, b.length)
   }
@@ -31,6 +35,7 @@ public struct KHOMemoryRange: Sendable, Hashable, Comparable, CustomStringConver
 
 /// Why a mem cache could not be built or trusted.
 public struct MemCacheError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// What is wrong with a range.
   public enum Kind: Sendable, Equatable {
     /// A range that overflows or leaves the arena.
     case outsideArena
@@ -41,7 +46,9 @@ public struct MemCacheError: Error, Sendable, Equatable, CustomStringConvertible
     case malformed
   }
 
+  /// What is wrong.
   public var kind: Kind
+  /// The range it is wrong with.
   public var range: KHOMemoryRange
   /// The node whose `mem` property held the range, when known.
   public var node: String?

@@ -49,6 +49,7 @@ public enum PreservationRoot {
   static let compatible = "kho-v4"
   /// The most ranges and sub-blobs one description holds.
   public static let maxRanges = 4096
+  /// The most sub-blobs the root names; more is refused (a bound on what the next image reads).
   public static let maxSubtrees = 256
 
   enum Field {
@@ -76,6 +77,7 @@ public enum PreservationRoot {
     public var sequence: UInt64
     /// The generation of the image that wrote it.
     public var generation: UInt64
+    /// The page size the description was written for.
     public var pageSize: UInt64
     /// The preserved ranges, sorted and disjoint.
     public var ranges: [KHOMemoryRange]

@@ -111,6 +111,7 @@ public struct ControlFile: Sendable {
     return file
   }
 
+  /// A write-only file whose writes run `store` (`kexec/execute`, say): nothing to read.
   public static func trigger(mode: UInt32 = 0o200, store: @escaping Writer) -> ControlFile {
     ControlFile(mode: mode, read: nil, write: store)
   }

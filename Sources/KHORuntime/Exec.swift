@@ -14,6 +14,7 @@ public struct NextImage: Sendable, Equatable {
   /// The environment, `KEY=VALUE`; the runtime adds its own variables.
   public var environment: [String]
 
+  /// An image: `path`, its `argv` (`[path]` if nil) and its environment (this process's by default).
   public init(
     path: String, arguments: [String]? = nil, environment: [String] = Environment.current()
   ) {

@@ -24,8 +24,11 @@ import KHOSystem
 public enum FaultInjection {
   /// The variable.
   public static let environmentName = "KHO_CRASH_AT"
+  /// After DUMP, before the handover is loaded.
   public static let afterDump = "after-dump"
+  /// After FREEZE, before the exec or the commit.
   public static let afterFreeze = "after-freeze"
+  /// In the next image, once it booted from the handover.
   public static let afterExec = "after-exec"
 
   private final class Armed: Sendable {

@@ -20,11 +20,13 @@ import KHOSystem
 /// let listener = inherited["listen"]
 /// ```
 public struct NamedFileDescriptors: Sendable, Equatable {
+  /// The variable naming the handed-over fds: `KHO_FDS=name:fd,...`.
   public static let environmentName = "KHO_FDS"
 
   /// Name and fd, in registration order.
   public private(set) var entries: [(name: String, fd: Int32)] = []
 
+  /// No fds.
   public init() {}
 
   public static func == (a: Self, b: Self) -> Bool {

@@ -33,6 +33,7 @@ public final class ServiceControl: Sendable {
     /// the `execute` write went out; the service must exit now.
     public var committed: @Sendable () -> Void
 
+    /// Hooks for the service around a handover.
     public init(
       stopServing: @escaping @Sendable () -> Void, resumeServing: @escaping @Sendable () -> Void,
       committed: @escaping @Sendable () -> Void

@@ -48,6 +48,7 @@ public final class HandoverService: Service, Sendable {
     /// upgrade is the new version.
     public var nextImage: @Sendable () -> NextImage
 
+    /// A configuration; every parameter has the default a systemd service wants.
     public init(
       controlMountPoint: String? = nil, mode: HandoverMode = .overlapped(),
       reloadSignal: UnixSignal? = .sighup,

@@ -15,10 +15,12 @@ public struct ReceivedMessage: Sendable {
   public var descriptors: [FileDescriptor]
   /// The sender's pid and uid (SCM_CREDENTIALS), if it sent them.
   public var senderPID: pid_t?
+  /// The sender's uid (SCM_CREDENTIALS), if it sent one.
   public var senderUID: uid_t?
   /// `MSG_TRUNC`: the bytes did not fit; `MSG_CTRUNC`: descriptors were
   /// dropped (and closed).
   public var truncated: Bool
+  /// `MSG_CTRUNC`: descriptors were dropped (and closed).
   public var descriptorsTruncated: Bool
 }
 
