@@ -45,7 +45,7 @@ public struct KHOAttribute: Sendable {
 /// try attributes.read("kernel/kho/dt_max", offset: 0, count: 4096)  // "0xa00000\n"
 /// ```
 ///
-/// Every error is a ``Errno`` whose `rawValue` is what `write(2)` or
+/// Every error is a `Errno` whose `rawValue` is what `write(2)` or
 /// `read(2)` should fail with.
 public final class KHOAttributes: Sendable {
   /// The largest write sysfs accepts (`PAGE_SIZE`): more is `E2BIG`.
@@ -123,7 +123,7 @@ public final class KHOAttributes: Sendable {
   /// The size `stat` reports: 4096 for text files, the blob's size for
   /// binary ones.
   ///
-  /// - Throws: ``Errno/noSuchFile`` when the file does not exist now.
+  /// - Throws: `Errno/noSuchFile`` when the file does not exist now.
   public func size(_ path: String) throws(Errno) -> Int {
     guard let attribute = attribute(path) else { throw .noSuchFile }
     switch attribute.content {
@@ -134,7 +134,7 @@ public final class KHOAttributes: Sendable {
 
   /// `read(2)` at `offset`: up to `count` bytes; none at or past the end.
   ///
-  /// - Throws: ``Errno/noSuchFile`` when the file does not exist now.
+  /// - Throws: `Errno/noSuchFile`` when the file does not exist now.
   public func read(_ path: String, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
     guard let attribute = attribute(path) else { throw .noSuchFile }
     let bytes: [UInt8]

@@ -7,7 +7,7 @@ import KHOSystem
 /// ``HandoverRecord/environmentName``.
 ///
 /// Layout: native-endian, 128 bytes, the fields at the offsets
-/// ``HandoverRecord/Field`` gives (the one place they are written down);
+/// `HandoverRecord.Field` gives (the one place they are written down);
 /// bytes 96..<128 are zero. The checksum is FNV-1a 64 over the bytes before
 /// it, the mem cache and the blob.
 public struct HandoverRecord: Sendable, Equatable {

@@ -148,9 +148,11 @@ public final class KHO: Sendable {
   /// parse error to start cold with.
   ///
   /// - Parameters:
+  ///   - options: the arena and scratch to make on a cold start.
   ///   - handover: where the previous image left its handover, or why that
   ///     could not be told; nil for a first boot.
   ///   - crashed: the arena kept across a crash.
+  ///   - logger: where what is refused, and why, is said.
   public static func boot(
     _ options: KHOOptions,
     handover: Result<HandoverLocation, HandoverError>? = nil,

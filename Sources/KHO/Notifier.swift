@@ -194,8 +194,8 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
   /// changing its state in `dump` needs neither.
   ///
   /// An error thrown by `dump` or `freeze` becomes the chain's result: an
-  /// ``FDTError/Kind/noSpace`` as `-ENOSPC` (the outgoing side then grows
-  /// the buffer and retries), a ``Errno`` as itself, anything else as
+  /// `FDTError.Kind.noSpace` as `-ENOSPC` (the outgoing side then grows
+  /// the buffer and retries), a `Errno` as itself, anything else as
   /// `-EINVAL`.
   ///
   /// ```swift

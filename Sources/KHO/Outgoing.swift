@@ -170,7 +170,7 @@ public final class KHOOutgoing: Sendable {
 
   /// Sets `dt_max`. Unlike the seed, under the lock and never while active.
   ///
-  /// - Throws: ``Errno/resourceBusy`` while active.
+  /// - Throws: `Errno/resourceBusy`` while active.
   public func setDTMax(_ value: UInt64) throws(Errno) {
     let ok = state.withLock { state -> Bool in
       if isActive { return false }
@@ -186,7 +186,7 @@ public final class KHOOutgoing: Sendable {
   /// Do not call it from a notifier (it would throw EBUSY: DUMP runs frozen)
   /// nor call ``serialize()`` from `body` (it would wait for itself).
   ///
-  /// - Throws: ``Errno/resourceBusy`` while active.
+  /// - Throws: `Errno/resourceBusy`` while active.
   public func withMutation<R, E: Error>(_ body: () throws(E) -> R) throws(Errno) -> Result<R, E>
   {
     var current = gate.load(ordering: .acquiring)

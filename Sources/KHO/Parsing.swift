@@ -38,7 +38,7 @@ public enum KernelParsing {
   /// `o`/`O` followed by `n`/`N` true and by `f`/`F` false; only the first
   /// one or two characters count ("yes please" is true).
   ///
-  /// - Throws: ``Errno/invalidArgument`` for anything else, the empty
+  /// - Throws: `Errno/invalidArgument`` for anything else, the empty
   ///   string included.
   public static func kstrtobool(_ text: some StringProtocol) throws(Errno) -> Bool {
     try kstrtobool(bytes: Array(text.utf8))
@@ -73,8 +73,8 @@ public enum KernelParsing {
   /// - Parameters:
   ///   - text: the input.
   ///   - base: 0, or a base from 2 to 16.
-  /// - Throws: ``Errno/outOfRange`` when the number does not fit in 64
-  ///   bits, ``Errno/invalidArgument`` for anything else that is wrong.
+  /// - Throws: `Errno/outOfRange`` when the number does not fit in 64
+  ///   bits, `Errno/invalidArgument`` for anything else that is wrong.
   public static func kstrtoull(_ text: some StringProtocol, base: UInt32 = 0) throws(Errno)
     -> UInt64
   {

@@ -94,13 +94,13 @@ public struct ControlFile: Sendable {
       }, write: store)
   }
 
-  /// A write-only trigger, such as `kernel/kexec/execute`.
-  ///
-  /// - Parameters:
-  ///   - mode: permission bits, typically `0o200`.
-  ///   - store: what a write does.
   /// A file whose writes see their offset: offset 0 starts new content,
   /// later offsets continue it.
+  ///
+  /// - Parameters:
+  ///   - mode: permission bits.
+  ///   - show: the file's current text.
+  ///   - store: what a write at an offset does.
   public static func offsetAttribute(
     mode: UInt32, show: @escaping @Sendable () throws(Errno) -> [UInt8],
     store: @escaping OffsetWriter
@@ -111,7 +111,11 @@ public struct ControlFile: Sendable {
     return file
   }
 
-  /// A write-only file whose writes run `store` (`kexec/execute`, say): nothing to read.
+  /// A write-only trigger, such as `kernel/kexec/execute`: nothing to read.
+  ///
+  /// - Parameters:
+  ///   - mode: permission bits, typically `0o200`.
+  ///   - store: what a write does.
   public static func trigger(mode: UInt32 = 0o200, store: @escaping Writer) -> ControlFile {
     ControlFile(mode: mode, read: nil, write: store)
   }

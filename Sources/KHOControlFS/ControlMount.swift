@@ -173,7 +173,7 @@ public final class ControlMount: Sendable {
   ///   - tree: the files to serve, with the same paths as the previous
   ///     image's (node ids derive from paths).
   /// - Returns: the serving mount.
-  /// - Throws: ``ControlMountError/system(_:errno:)`` (EBADF for an fd
+  /// - Throws: ``ControlMountError/system(_:)`` (EBADF for an fd
   ///   that is not open).
   public static func adopt(fd: Int32, negotiated: ControlConnectionState, tree: ControlTree)
     throws(ControlMountError) -> ControlMount

@@ -238,7 +238,7 @@ public final class HandoverRuntime: Sendable {
   ///
   /// Until it returns, the previous image may still change handed-over
   /// state (until its FREEZE) or roll back: claim memory before it, but
-  /// read or write what is in it only after (``KHOIncoming/claim(_:)``
+  /// read or write what is in it only after (`KHOIncoming/claim(_:)`
   /// gives the bytes; a store attaches to them once this returns).
   ///
   /// - Returns: `false` if the previous image aborted the handover; this

@@ -96,7 +96,7 @@ public final class ServiceControl: Sendable {
   /// now that this image serves), else a new mount at `mountPoint` (a stale
   /// mount left there by a killed service is cleared first).
   ///
-  /// Call it after ``HandoverRuntime/ready(status:)``.
+  /// Call it after `HandoverRuntime/ready(status:)`.
   public static func start(
     runtime: HandoverRuntime, mountPoint: String, hooks: Hooks,
     options: ControlMount.Options = .init(), logger: Logger = Logger(label: "kho.control")

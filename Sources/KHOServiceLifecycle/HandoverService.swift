@@ -87,7 +87,7 @@ public final class HandoverService: Service, Sendable {
     self.metrics = HandoverMetrics(kho: runtime.kho)
   }
 
-  /// Boots the runtime (``HandoverRuntime/boot(_:logger:)``: from the
+  /// Boots the runtime (`HandoverRuntime/boot(_:logger:)`: from the
   /// previous image's handover, after a crash from the arena a keeper held,
   /// or cold) and wraps it.
   public static func boot(

@@ -32,8 +32,13 @@ public enum ProcessOperations {
   ///
   /// The corresponding C function is `posix_spawn`.
   ///
-  /// - Parameter moving: `(from, to)` pairs: `from` becomes the child's `to`
-  ///   (inheritable).
+  /// - Parameters:
+  ///   - path: the executable.
+  ///   - arguments: its `argv`, `argv[0]` included.
+  ///   - environment: its environment, `KEY=VALUE` each.
+  ///   - fds: descriptors kept open at the same numbers.
+  ///   - moving: `(from, to)` pairs: `from` becomes the child's `to`
+  ///     (inheritable).
   public static func spawn(
     path: String, arguments: [String], environment: [String], inheriting fds: [Int32],
     moving: [(from: Int32, to: Int32)] = []

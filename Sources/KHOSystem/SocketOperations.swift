@@ -81,8 +81,12 @@ extension FileDescriptor {
   /// credentials that came with it. Descriptors beyond `maxDescriptors` are
   /// closed at once (``ReceivedMessage/descriptorsTruncated``): none leaks.
   ///
-  /// - Parameter flags: `MSG_*` flags (`MSG_DONTWAIT`, `MSG_TRUNC`);
-  ///   `MSG_CMSG_CLOEXEC` is always added.
+  /// - Parameters:
+  ///   - buffer: where the bytes go.
+  ///   - flags: `MSG_*` flags (`MSG_DONTWAIT`, `MSG_TRUNC`);
+  ///     `MSG_CMSG_CLOEXEC` is always added.
+  ///   - maxDescriptors: how many descriptors to take (at most
+  ///     ``maxDescriptorsPerMessage``).
   ///
   /// The corresponding C function is `recvmsg`.
   public func receiveMessage(

@@ -21,8 +21,10 @@ public struct SystemThread: Sendable {
 
   /// Starts `body` on a new thread that nobody joins; it ends with `body`.
   ///
-  /// - Parameter name: shown in `/proc/PID/task/*/comm` and by debuggers;
-  ///   at most 15 bytes of it are kept.
+  /// - Parameters:
+  ///   - name: shown in `/proc/PID/task/*/comm` and by debuggers; at most 15
+  ///     bytes of it are kept.
+  ///   - body: what the thread runs.
   /// - Throws: `pthread_create`'s error (`EAGAIN` when the process or the
   ///   system is out of threads); `body` then never runs.
   ///
