@@ -2,9 +2,12 @@
 // socket, a signalfd, a non-reaping waitid, and the child's half of a
 // spawn, which may only make async-signal-safe calls between fork and
 // execve. Each returns -1 with errno set on failure.
+#define _GNU_SOURCE
 #include "CKHOSystem.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/signalfd.h>

@@ -1,7 +1,12 @@
 // Forwarders: each calls one function and returns its result untouched.
+#define _GNU_SOURCE
 #include "CKHOSystem.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -10,6 +15,29 @@
 #include <sys/un.h>
 
 extern char **environ;
+
+// Older headers may lack some of these; the values are the kernel's ABI.
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26
+#endif
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << MFD_HUGE_SHIFT)
+#endif
+
+const unsigned int ckho_MFD_CLOEXEC = MFD_CLOEXEC;
+const unsigned int ckho_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
+const unsigned int ckho_MFD_HUGETLB = MFD_HUGETLB;
+const unsigned int ckho_MFD_HUGE_2MB = MFD_HUGE_2MB;
+const int ckho_F_ADD_SEALS = F_ADD_SEALS;
+const int ckho_F_GET_SEALS = F_GET_SEALS;
+const int ckho_F_SEAL_SEAL = F_SEAL_SEAL;
+const int ckho_F_SEAL_SHRINK = F_SEAL_SHRINK;
+const int ckho_F_SEAL_GROW = F_SEAL_GROW;
+const int ckho_F_SEAL_WRITE = F_SEAL_WRITE;
+const int ckho_MADV_HUGEPAGE = MADV_HUGEPAGE;
+const unsigned long ckho_MS_NOSUID = MS_NOSUID;
+const unsigned long ckho_MS_NODEV = MS_NODEV;
+const int ckho_MNT_DETACH = MNT_DETACH;
 
 int ckho_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 

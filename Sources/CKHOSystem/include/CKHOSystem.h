@@ -11,42 +11,30 @@
 #ifndef SWIFT_KHO_CKHOSYSTEM_H
 #define SWIFT_KHO_CKHOSYSTEM_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-
-#include <fcntl.h>
+// No _GNU_SOURCE and no system header that it changes: this header is
+// imported by Swift beside Glibc's module, and a type the two saw defined
+// differently (fd_set, under _GNU_SOURCE) breaks the import. The constants
+// are defined in shim.c, which sees the GNU headers.
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/mman.h>
-#include <sys/mount.h>
 #include <sys/types.h>
-#include <unistd.h>
 
-// Older headers may lack some of these; the values are the kernel's ABI.
-#ifndef MFD_HUGE_SHIFT
-#define MFD_HUGE_SHIFT 26
-#endif
-#ifndef MFD_HUGE_2MB
-#define MFD_HUGE_2MB (21U << MFD_HUGE_SHIFT)
-#endif
+extern const unsigned int ckho_MFD_CLOEXEC;
+extern const unsigned int ckho_MFD_ALLOW_SEALING;
+extern const unsigned int ckho_MFD_HUGETLB;
+extern const unsigned int ckho_MFD_HUGE_2MB;
 
-static const unsigned int ckho_MFD_CLOEXEC = MFD_CLOEXEC;
-static const unsigned int ckho_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
-static const unsigned int ckho_MFD_HUGETLB = MFD_HUGETLB;
-static const unsigned int ckho_MFD_HUGE_2MB = MFD_HUGE_2MB;
+extern const int ckho_F_ADD_SEALS;
+extern const int ckho_F_GET_SEALS;
+extern const int ckho_F_SEAL_SEAL;
+extern const int ckho_F_SEAL_SHRINK;
+extern const int ckho_F_SEAL_GROW;
+extern const int ckho_F_SEAL_WRITE;
 
-static const int ckho_F_ADD_SEALS = F_ADD_SEALS;
-static const int ckho_F_GET_SEALS = F_GET_SEALS;
-static const int ckho_F_SEAL_SEAL = F_SEAL_SEAL;
-static const int ckho_F_SEAL_SHRINK = F_SEAL_SHRINK;
-static const int ckho_F_SEAL_GROW = F_SEAL_GROW;
-static const int ckho_F_SEAL_WRITE = F_SEAL_WRITE;
-
-static const int ckho_MADV_HUGEPAGE = MADV_HUGEPAGE;
-static const unsigned long ckho_MS_NOSUID = MS_NOSUID;
-static const unsigned long ckho_MS_NODEV = MS_NODEV;
-static const int ckho_MNT_DETACH = MNT_DETACH;
+extern const int ckho_MADV_HUGEPAGE;
+extern const unsigned long ckho_MS_NOSUID;
+extern const unsigned long ckho_MS_NODEV;
+extern const int ckho_MNT_DETACH;
 
 /// The most fds one message carries: the kernel's SCM_MAX_FD.
 #define CKHO_SCM_MAX_FD 253
