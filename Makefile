@@ -5,7 +5,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 KHO := .build/debug/kho
 
-.PHONY: docs bench-throughput all deps build demo demo-dt test bench bench-upgrade bench-memcslap fuzz format clean
+.PHONY: docs all deps build demo demo-dt test bench bench-upgrade bench-memcslap fuzz format clean
 
 all: build
 
@@ -33,7 +33,6 @@ test: build
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
-	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/cli/test_cli.sh
 	$(PYTHON) Tests/cli/test_run.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_crash.py --server .build/debug/kho-cache --kho $(KHO)
@@ -67,8 +66,3 @@ bench-memcslap: deps
 # The DocC documentation of every library module, warnings as errors.
 docs:
 	bash Scripts/docs.sh
-
-# kho-cache beside memcached under the C load generator (Benchmarks/loadgen).
-bench-throughput:
-	$(SWIFT) build -c release --product kho-cache
-	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache
