@@ -108,7 +108,8 @@ enum DescriptorBatch {
       switch kind {
       case .blob where blob == nil && message.descriptors.count == 1:
         blob = message.descriptors[0]
-      case .batch where descriptors.count + message.descriptors.count <= DescriptorParcel.maxDescriptors:
+      case .batch
+      where descriptors.count + message.descriptors.count <= DescriptorParcel.maxDescriptors:
         descriptors += message.descriptors
         if message.descriptorsTruncated { malformed = true }
       case .end:
@@ -125,7 +126,8 @@ enum DescriptorBatch {
       bytes.withUnsafeBytes { raw in
         guard UInt32(littleEndian: raw.loadUnaligned(as: UInt32.self)) == DescriptorBatch.magic
         else { return nil }
-        return Kind(rawValue: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        return Kind(
+          rawValue: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
       }
     }
 
@@ -190,10 +192,12 @@ extension HandoverRuntime {
 
   /// Overlapped: sends the offered parcel to the next image before `GO`.
   func sendParcel(on socket: FileDescriptor) throws(SystemCallError) {
-    guard let parcel = outgoingParcelStore({ p in
-      defer { p = nil }
-      return p
-    }) else { return }
+    guard
+      let parcel = outgoingParcelStore({ p in
+        defer { p = nil }
+        return p
+      })
+    else { return }
     defer { parcel.closeAll() }
     // A next image that stops reading must fail the handover, not hang it.
     try socket.setSendTimeout(milliseconds: 10_000)
@@ -203,10 +207,12 @@ extension HandoverRuntime {
   /// In place: puts the offered parcel in a new socketpair and registers
   /// the receiving end to be kept across the `execve`; returns that end.
   func carryParcelAcrossExec() throws(SystemCallError) -> FileDescriptor? {
-    guard let parcel = outgoingParcelStore({ p in
-      defer { p = nil }
-      return p
-    }) else { return nil }
+    guard
+      let parcel = outgoingParcelStore({ p in
+        defer { p = nil }
+        return p
+      })
+    else { return nil }
     defer { parcel.closeAll() }
     let (sending, receiving) = try FileDescriptor.socketPair()
     defer { sending.closeIgnoringErrors() }

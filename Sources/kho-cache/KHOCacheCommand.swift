@@ -132,6 +132,10 @@ struct KHOCacheCommand: ParsableCommand {
       maxConnections: maxConnections, threads: threads)
     configuration.threads = threads
     let context = CacheServerContext(store: store, configuration: configuration)
+    try ConnectionHandover.register(context, runtime, logger: logger)
+    // The handed-over connections first: their clients were there before
+    // any new one (and their replies go out first).
+    ConnectionHandover.adopt(runtime, group: group, context: context, logger: logger)
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
     let upgrade = Upgrade(runtime: runtime, channel: channel, logger: logger)
