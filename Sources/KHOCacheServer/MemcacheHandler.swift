@@ -118,9 +118,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   public func channelInactive(context: ChannelHandlerContext) {
     shared.connections.remove(self)
-    if let (promise, fd) = handoverWaiter {
+    if let (promise, _) = handoverWaiter {
       handoverWaiter = nil
-      fd.closeIgnoringErrors()
       promise.succeed(nil)
     }
     if admitted {

@@ -13,7 +13,9 @@ import KHOSystem
 public struct DescriptorParcel: Sendable {
   /// What describes the descriptors (format the service's own).
   public var blob: FileDescriptor
-  /// The descriptors, in order.
+  /// The descriptors, in order. The sender's stay its own (the runtime
+  /// never closes them: on rollback the service goes on with them); the
+  /// receiver owns those it received.
   public var descriptors: [FileDescriptor]
 
   public init(blob: FileDescriptor, descriptors: [FileDescriptor]) {
@@ -21,8 +23,8 @@ public struct DescriptorParcel: Sendable {
     self.descriptors = descriptors
   }
 
-  /// Closes the blob and every descriptor (the sender's copies once sent;
-  /// the receiver's when it refuses them).
+  /// Closes the blob and every descriptor (the receiver's, when it refuses
+  /// them).
   public func closeAll() {
     blob.closeIgnoringErrors()
     for fd in descriptors { fd.closeIgnoringErrors() }
@@ -170,12 +172,12 @@ extension HandoverRuntime {
 
   /// Hands `parcel` to the next image with the coming handover: call it
   /// from a FREEZE notifier (after which the descriptors' state no longer
-  /// changes). The runtime owns the parcel from then on and closes its
-  /// copies once sent, or when the handover fails (then UNFREEZE or ABORT
-  /// tells the service to go on with its own descriptors).
+  /// changes). The runtime owns the blob from then on (closed once sent,
+  /// or when the handover fails); the descriptors stay the service's, open
+  /// until the handover ends (UNFREEZE or ABORT tell it to go on with them).
   public func offer(_ parcel: DescriptorParcel) {
     outgoingParcelStore { old in
-      old?.closeAll()
+      old?.blob.closeIgnoringErrors()
       old = parcel
     }
   }
@@ -198,7 +200,7 @@ extension HandoverRuntime {
         return p
       })
     else { return }
-    defer { parcel.closeAll() }
+    defer { parcel.blob.closeIgnoringErrors() }
     // A next image that stops reading must fail the handover, not hang it.
     try socket.setSendTimeout(milliseconds: 10_000)
     try DescriptorBatch.send(parcel, on: socket)
@@ -213,7 +215,7 @@ extension HandoverRuntime {
         return p
       })
     else { return nil }
-    defer { parcel.closeAll() }
+    defer { parcel.blob.closeIgnoringErrors() }
     let (sending, receiving) = try FileDescriptor.socketPair()
     defer { sending.closeIgnoringErrors() }
     do throws(SystemCallError) {

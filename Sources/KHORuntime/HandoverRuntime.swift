@@ -320,7 +320,7 @@ public final class HandoverRuntime: Sendable {
       logger.error("kho: handover aborted: \(error)")
       kho.outgoing.abort()
       outgoingParcel.withLock { parcel in
-        parcel?.closeAll()
+        parcel?.blob.closeIgnoringErrors()
         parcel = nil
       }
       notify { (n) throws(SystemCallError) in

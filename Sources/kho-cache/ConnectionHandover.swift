@@ -35,13 +35,19 @@ enum ConnectionHandover {
     _ context: CacheServerContext, _ runtime: HandoverRuntime, logger: Logger
   ) throws {
     let taken = context.connections.freezeAll(drainTimeout: drainTimeout)
-    let blob = try KHOSystem.FileDescriptor.memfdCreate(
-      name: "kho-cache-connections", flags: .closeOnExec)
+    let blob: KHOSystem.FileDescriptor
+    do {
+      blob = try KHOSystem.FileDescriptor.memfdCreate(
+        name: "kho-cache-connections", flags: .closeOnExec)
+    } catch {
+      logger.error("kho-cache: cannot hand the connections over: \(error)")
+      throw error
+    }
     do {
       try blob.writeAll(ConnectionRecords.encode(taken.map(\.0)))
     } catch {
+      logger.error("kho-cache: cannot write the connection records: \(error)")
       blob.closeIgnoringErrors()
-      for (_, fd) in taken { fd.closeIgnoringErrors() }
       throw error
     }
     runtime.offer(DescriptorParcel(blob: blob, descriptors: taken.map(\.1)))
