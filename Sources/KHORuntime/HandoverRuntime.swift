@@ -382,7 +382,8 @@ public final class HandoverRuntime: Sendable {
         throw .successorFailed(
           pid: pid,
           reason:
-            "handing over descriptors failed: \(error)\(status.map { "; \($0)" } ?? "")")
+            "it was gone when the commit was sent (handing over descriptors: \(error))\(status.map { "; \($0)" } ?? "")"
+        )
       }
       guard Handshake.commit(pipes.commitWrite) else {
         let status = Self.killAndReap(pid)
