@@ -34,7 +34,9 @@ enum ConnectionHandover {
   private static func freeze(
     _ context: CacheServerContext, _ runtime: HandoverRuntime, logger: Logger
   ) throws {
+    let started = ContinuousClock.now
     let taken = context.connections.freezeAll(drainTimeout: drainTimeout)
+    let frozen = ContinuousClock.now
     let blob: KHOSystem.FileDescriptor
     do {
       blob = try KHOSystem.FileDescriptor.memfdCreate(
@@ -51,7 +53,9 @@ enum ConnectionHandover {
       throw error
     }
     runtime.offer(DescriptorParcel(blob: blob, descriptors: taken.map(\.1)))
-    logger.info("kho-cache: handing over \(taken.count) connections")
+    logger.info(
+      "kho-cache: handing over \(taken.count) connections (frozen in \(frozen - started), records in \(ContinuousClock.now - frozen))"
+    )
   }
 
   /// In the next image, once the predecessor let go: adopts the
@@ -62,6 +66,7 @@ enum ConnectionHandover {
     logger: Logger
   ) {
     guard let parcel = runtime.takeParcel() else { return }
+    let started = ContinuousClock.now
     defer { parcel.blob.closeIgnoringErrors() }
     let maxCount = DescriptorParcel.maxDescriptors
     guard let bytes = readBlob(parcel.blob),
@@ -81,7 +86,8 @@ enum ConnectionHandover {
         "kho-cache: adopted \(adopted) of \(snapshots.count) handed-over connections (the rest failed the checks or -c)"
       )
     } else {
-      logger.info("kho-cache: adopted \(adopted) handed-over connections")
+      logger.info(
+        "kho-cache: adopted \(adopted) handed-over connections in \(ContinuousClock.now - started)")
     }
   }
 
