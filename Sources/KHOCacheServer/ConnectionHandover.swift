@@ -79,16 +79,25 @@ public final class ConnectionRegistry: Sendable {
     let all = entries.withLock { Array($0.values) }
     guard let first = all.first else { return [] }
     let table = SocketTable.scan()
-    let futures = all.map { entry in
-      entry.eventLoop.flatSubmit {
-        let (handler, context) = entry.connection.value
-        return handler.freezeForHandover(context, table: table)
+    // One task per event loop, not per connection: 10,000 cross-thread
+    // submissions (each a wakeup) cost more than the freezes themselves.
+    let byLoop = Dictionary(grouping: all) { ObjectIdentifier($0.eventLoop) }
+    let futures = byLoop.values.map { entries in
+      let loop = entries[0].eventLoop
+      return loop.flatSubmit {
+        let each = entries.map { entry in
+          let (handler, context) = entry.connection.value
+          return handler.freezeForHandover(context, table: table)
+        }
+        return EventLoopFuture.whenAllComplete(each, on: loop).map { results in
+          results.map { (try? $0.get()) ?? nil }
+        }
       }
     }
     let gathered = first.eventLoop.makePromise(
       of: [(ConnectionSnapshot, KHOSystem.FileDescriptor)?].self)
     EventLoopFuture.whenAllComplete(futures, on: first.eventLoop).map { results in
-      results.map { try? $0.get() }
+      results.flatMap { (try? $0.get()) ?? [] }
     }.cascade(to: gathered)
     first.eventLoop.scheduleTask(in: drainTimeout) {
       gathered.fail(ChannelError.operationUnsupported)
@@ -248,20 +257,34 @@ public enum ConnectionAdoption {
     group: any EventLoopGroup,
     context: CacheServerContext
   ) -> Int {
-    var futures: [EventLoopFuture<any Channel>] = []
+    var perLoop:
+      [ObjectIdentifier: (any EventLoop, [(ConnectionSnapshot, KHOSystem.FileDescriptor)])] =
+        [:]
+    var accepted = 0
     for (index, fd) in descriptors.enumerated() {
-      guard index < snapshots.count, futures.count < context.configuration.maxConnections,
+      guard index < snapshots.count, accepted < context.configuration.maxConnections,
         fd.isConnectedTCPSocket(), (try? fd.peerAddress()) == snapshots[index].peer
       else {
         fd.closeIgnoringErrors()
         continue
       }
-      let snapshot = snapshots[index]
-      futures.append(
-        bootstrap(group: group, context: context, snapshot: snapshot)
-          .withConnectedSocket(fd.rawValue))
+      accepted += 1
+      let loop = group.next()
+      perLoop[ObjectIdentifier(loop), default: (loop, [])].1.append((snapshots[index], fd))
     }
-    return futures.reduce(0) { count, future in count + ((try? future.wait()) != nil ? 1 : 0) }
+    // Registered from inside each loop, one task per loop (see freezeAll).
+    let futures = perLoop.values.map { loop, items in
+      loop.flatSubmit {
+        let each = items.map { snapshot, fd in
+          bootstrap(group: loop, context: context, snapshot: snapshot)
+            .withConnectedSocket(fd.rawValue)
+        }
+        return EventLoopFuture.whenAllComplete(each, on: loop).map { results in
+          results.filter { (try? $0.get()) != nil }.count
+        }
+      }
+    }
+    return futures.reduce(0) { count, future in count + ((try? future.wait()) ?? 0) }
   }
 
   static func bootstrap(
