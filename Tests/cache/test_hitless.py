@@ -23,6 +23,11 @@ overlapped, and never reconnects (a closed connection fails the test):
                                     with its pipelined requests, stays
                                     with the old image.
   connections_honour_max_connections  -c is kept by the next image.
+  many_handovers_leak_nothing       200 upgrades (alternating modes) with 100
+                                    connections open: each still answers,
+                                    and the server's fd count and children
+                                    are the same at the end as after the
+                                    first upgrade.
 
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
@@ -282,6 +287,33 @@ def connections_honour_max_connections():
             body(svc, overlapped)
         finally:
             svc.stop()
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@test
+def many_handovers_leak_nothing():
+    svc = Service("hl-many").start()
+    try:
+        conns = [Conn(svc.port) for _ in range(100)]
+        for i, c in enumerate(conns):
+            c.set(b"m%d" % i, b"v%d" % i)
+        svc.upgrade(overlapped=False)
+        first = (open_fds(svc.pid()), len(test_upgrade.children_of(svc.pid())))
+        for round in range(199):
+            svc.upgrade(overlapped=round % 2 == 0)
+            i = round % len(conns)
+            assert conns[i].get(b"m%d" % i) == b"v%d" % i, round
+        for i, c in enumerate(conns):
+            assert c.get(b"m%d" % i) == b"v%d" % i
+        last = (open_fds(svc.pid()), len(test_upgrade.children_of(svc.pid())))
+        assert last == first, f"fds and children after the first upgrade {first}, at the end {last}"
+        for c in conns:
+            c.close()
+    finally:
+        svc.stop()
 
 
 def main():
