@@ -14,8 +14,9 @@ import NIOCore
 /// answered with an error at once: the connection parks (stops consuming
 /// its input, keeps the command) and retries every
 /// `frozenRetryInterval`; reads keep being answered. If the freeze is lifted
-/// (KHO ABORT) the command completes; if the process execs, the connection
-/// closes and the client retries on the next image; only after
+/// (KHO ABORT) the command completes; if the handover goes ahead, the
+/// command goes to the next image with the connection (see
+/// ConnectionHandover.swift); only after
 /// `frozenWaitLimit` is it answered "SERVER_ERROR frozen for handover".
 /// The limit is per pipeline, not per command: once it has expired, the
 /// commands already buffered behind the one that waited are answered at

@@ -33,7 +33,8 @@ struct KHOCacheCommand: ParsableCommand {
       (in place, or with --overlapped); or send SIGHUP, which hands over in
       place to the executable at the path this one was started from (replace
       the file, then reload). The listening socket is handed over: clients
-      that connect meanwhile wait in its backlog.
+      that connect meanwhile wait in its backlog. So is every established
+      client connection, with what it had sent and not yet been answered.
       """)
 
   @Option(name: [.short, .long], help: "TCP port to listen on.")
