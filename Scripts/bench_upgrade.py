@@ -552,48 +552,49 @@ def bench_server(srv, ds, args, modes, repeats, results):
 
     key = key_of(n // 2)
     expect = value_of(key, size)
-    for idle_count, mode in [(c, m) for c in ([0] + ([args.idle_connections]
-                                                      if args.idle_connections else []))
-                             for m in modes]:
-      idle = IdleConnections(srv.port, idle_count) if idle_count else None
-      suffix = "" if not idle_count else " +%dk idle" % (idle_count // 1000)
-      try:
-        runs = []
-        for r in range(repeats):
-            with Prober(srv.port, key, expect) as pr:
-                timing = srv.upgrade(mode)
-                res = pr.finish()
-            res["idle"] = idle_count
-            res["idle_lost"] = idle.check() if idle else 0
-            res.update(timing)
-            res["pause_ms"] = res["gap_ns"] / 1e6
-            if "t_start" in res and res["gap_to"]:
-                res["start_to_reply_ms"] = (res["gap_to"] - res["t_start"]) / 1e6
-            if res["gap_from"]:
-                res["cmd_to_reply_ms"] = (res["gap_to"] - res["t_cmd"]) / 1e6
-            st = stats(srv.port)
-            res["curr_items"] = int(st["curr_items"])
-            res["sample_bad"] = verify_sample(srv.port, n, size, args.sample, seed=r)
-            res["rss"] = rss_bytes(srv.pid)
-            runs.append(res)
-            log("  %s%s #%d: pause %.2f ms, refused %d, hung %d, errors %d, bad replies %d, "
-                "reconnects %d, idle lost %d, curr_items %d, sample bad %d%s" % (
-                    mode, suffix, r + 1, res["pause_ms"], res["refused"], res["hung"],
-                    res["errors"], res["bad"], res["reconnects"], res["idle_lost"],
-                    res["curr_items"], res["sample_bad"],
-                    "" if "second_wait_ms" not in res else
-                    ", shutdown %.0f ms, second wait %.0f ms, start->reply %.0f ms" % (
-                        res["shutdown_ms"], res["second_wait_ms"],
-                        res.get("start_to_reply_ms", 0))))
-            if res["curr_items"] != n or res["sample_bad"]:
-                raise RuntimeError("%s lost items on upgrade %d (%s): curr_items %d, %d of %d "
-                                   "sampled keys missing/wrong" % (
-                                       srv.name, r + 1, mode, res["curr_items"],
-                                       res["sample_bad"], args.sample))
-        row["upgrade_" + mode + suffix] = runs
-      finally:
-        if idle:
-            idle.close()
+    idle_counts = [0] + ([args.idle_connections] if args.idle_connections else [])
+    for idle_count in idle_counts:
+        # The idle connections stay open across every mode's upgrades.
+        idle = IdleConnections(srv.port, idle_count) if idle_count else None
+        suffix = "" if not idle_count else " +%dk idle" % (idle_count // 1000)
+        try:
+            for mode in modes:
+                runs = []
+                for r in range(repeats):
+                    with Prober(srv.port, key, expect) as pr:
+                        timing = srv.upgrade(mode)
+                        res = pr.finish()
+                    res["idle"] = idle_count
+                    res["idle_lost"] = idle.check() if idle else 0
+                    res.update(timing)
+                    res["pause_ms"] = res["gap_ns"] / 1e6
+                    if "t_start" in res and res["gap_to"]:
+                        res["start_to_reply_ms"] = (res["gap_to"] - res["t_start"]) / 1e6
+                    if res["gap_from"]:
+                        res["cmd_to_reply_ms"] = (res["gap_to"] - res["t_cmd"]) / 1e6
+                    st = stats(srv.port)
+                    res["curr_items"] = int(st["curr_items"])
+                    res["sample_bad"] = verify_sample(srv.port, n, size, args.sample, seed=r)
+                    res["rss"] = rss_bytes(srv.pid)
+                    runs.append(res)
+                    log("  %s%s #%d: pause %.2f ms, refused %d, hung %d, errors %d, bad replies %d, "
+                        "reconnects %d, idle lost %d, curr_items %d, sample bad %d%s" % (
+                            mode, suffix, r + 1, res["pause_ms"], res["refused"], res["hung"],
+                            res["errors"], res["bad"], res["reconnects"], res["idle_lost"],
+                            res["curr_items"], res["sample_bad"],
+                            "" if "second_wait_ms" not in res else
+                            ", shutdown %.0f ms, second wait %.0f ms, start->reply %.0f ms" % (
+                                res["shutdown_ms"], res["second_wait_ms"],
+                                res.get("start_to_reply_ms", 0))))
+                    if res["curr_items"] != n or res["sample_bad"]:
+                        raise RuntimeError("%s lost items on upgrade %d (%s): curr_items %d, %d of %d "
+                                           "sampled keys missing/wrong" % (
+                                               srv.name, r + 1, mode, res["curr_items"],
+                                               res["sample_bad"], args.sample))
+                row["upgrade_" + mode + suffix] = runs
+        finally:
+            if idle:
+                idle.close()
 
 
 def main():
