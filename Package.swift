@@ -109,7 +109,7 @@ let package = Package(
     .target(
       name: "KHOCacheServer",
       dependencies: [
-        "KHOCacheStore",
+        "KHOCacheStore", "KHOSystem",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]

@@ -17,6 +17,13 @@ For each dataset, one server at a time (kho-cache, then memcached -e):
      second (memcached refuses a restart in the second it stopped in) ->
      start again with the same options -> first reply.
      After every upgrade: 10,000 random keys checked and curr_items == N.
+  5. the same upgrades with --idle-connections (default 10,000) idle client
+     connections open (RLIMIT_NOFILE raised, -c 12000): after each upgrade
+     every idle connection must still answer `version` on the same socket;
+     one that does not is counted as a reconnect (and reopened).
+     Columns: failed requests (prober errors, hangs, bad replies), reconnects
+     (prober sockets reopened + idle connections lost), refused connections,
+     lost keys.
 
 Only the stdlib is used. Prints Markdown tables at the end (and --json FILE).
 """
@@ -27,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -180,10 +188,12 @@ def _prober(port, key, expect, stop, out):
     hung = 0
     bad = 0
     replies = 0
+    connects = 0
     s = None
     while not stop.is_set():
         try:
             if s is None:
+                connects += 1
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.settimeout(5)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -219,7 +229,8 @@ def _prober(port, key, expect, stop, out):
     if s is not None:
         s.close()
     out.put(dict(gap_ns=best[0], gap_from=best[1], gap_to=best[2], refused=refused,
-                 errors=errors, hung=hung, bad=bad, replies=replies))
+                 errors=errors, hung=hung, bad=bad, replies=replies,
+                 reconnects=max(0, connects - 1)))
 
 
 class Prober:
@@ -315,7 +326,9 @@ def dist(xs):
     if not xs:
         return dict(n=0)
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
-    return dict(n=len(xs), min=xs[0], median=statistics.median(xs), p90=p90, max=xs[-1])
+    p99 = xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+    return dict(n=len(xs), min=xs[0], median=statistics.median(xs), p90=p90, p99=p99,
+                max=xs[-1])
 
 
 def fmt_ms(x):
@@ -342,7 +355,7 @@ class KhoCache:
         self.kho = os.path.abspath(kho)
         self.port = port
         self.mount = os.path.join(workdir, "kho-mount-%d" % port)
-        self.args = ["-p", str(port), "-m", str(mb), "-t", str(threads), "-c", "4096",
+        self.args = ["-p", str(port), "-m", str(mb), "-t", str(threads), "-c", "12000",
                      "--control-mount", self.mount]
         if huge:
             self.args.append("--huge-pages")
@@ -404,7 +417,7 @@ class Memcached:
         self.port = port
         self.file = "/dev/shm/bench-upgrade-mc-%d-%d" % (os.getpid(), port)
         self.args = ["-p", str(port), "-l", HOST, "-U", "0", "-m", str(mb), "-t", str(threads),
-                     "-c", "4096", "-e", self.file, "-u", "root"]
+                     "-c", "12000", "-e", self.file, "-u", "root"]
         self.errlog = open(os.path.join(workdir, "memcached-%d.log" % port), "ab")
         self.proc = None
         self.pid = None
@@ -448,6 +461,58 @@ class Memcached:
         self.clean_files()
 
 
+# ------------------------------------------------------- idle connections
+class IdleConnections:
+    """N idle client connections held by this process; `check` asks each
+    for `version` (all sent, then all read) and reopens those that are
+    gone, returning how many were."""
+
+    def __init__(self, port, n):
+        self.port = port
+        self.socks = [self.open() for _ in range(n)]
+
+    def open(self):
+        s = socket.create_connection((HOST, self.port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def check(self):
+        lost = 0
+        alive = []
+        for s in self.socks:
+            try:
+                s.sendall(b"version\r\n")
+                alive.append(s)
+            except OSError:
+                alive.append(None)
+        for i, s in enumerate(alive):
+            ok = False
+            if s is not None:
+                try:
+                    ok = recv_until(s, b"\r\n").startswith(b"VERSION")
+                except (OSError, RuntimeError, ConnectionError):
+                    ok = False
+            if not ok:
+                lost += 1
+                try:
+                    self.socks[i].close()
+                except OSError:
+                    pass
+                self.socks[i] = self.open()
+        return lost
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+
+
+def raise_open_file_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 # ----------------------------------------------------------------- the run
 def bench_server(srv, ds, args, modes, repeats, results):
     n, size = ds["n"], ds["size"]
@@ -487,37 +552,49 @@ def bench_server(srv, ds, args, modes, repeats, results):
 
     key = key_of(n // 2)
     expect = value_of(key, size)
-    for mode in modes:
-        runs = []
-        for r in range(repeats):
-            with Prober(srv.port, key, expect) as pr:
-                timing = srv.upgrade(mode)
-                res = pr.finish()
-            res.update(timing)
-            res["pause_ms"] = res["gap_ns"] / 1e6
-            if "t_start" in res and res["gap_to"]:
-                res["start_to_reply_ms"] = (res["gap_to"] - res["t_start"]) / 1e6
-            if res["gap_from"]:
-                res["cmd_to_reply_ms"] = (res["gap_to"] - res["t_cmd"]) / 1e6
-            st = stats(srv.port)
-            res["curr_items"] = int(st["curr_items"])
-            res["sample_bad"] = verify_sample(srv.port, n, size, args.sample, seed=r)
-            res["rss"] = rss_bytes(srv.pid)
-            runs.append(res)
-            log("  %s #%d: pause %.2f ms, refused %d, hung %d, errors %d, bad replies %d, curr_items %d, "
-                "sample bad %d%s" % (
-                    mode, r + 1, res["pause_ms"], res["refused"], res["hung"], res["errors"], res["bad"],
-                    res["curr_items"], res["sample_bad"],
-                    "" if "second_wait_ms" not in res else
-                    ", shutdown %.0f ms, second wait %.0f ms, start->reply %.0f ms" % (
-                        res["shutdown_ms"], res["second_wait_ms"],
-                        res.get("start_to_reply_ms", 0))))
-            if res["curr_items"] != n or res["sample_bad"]:
-                raise RuntimeError("%s lost items on upgrade %d (%s): curr_items %d, %d of %d "
-                                   "sampled keys missing/wrong" % (
-                                       srv.name, r + 1, mode, res["curr_items"],
-                                       res["sample_bad"], args.sample))
-        row["upgrade_" + mode] = runs
+    idle_counts = [0] + ([args.idle_connections] if args.idle_connections else [])
+    for idle_count in idle_counts:
+        # The idle connections stay open across every mode's upgrades.
+        idle = IdleConnections(srv.port, idle_count) if idle_count else None
+        suffix = "" if not idle_count else " +%dk idle" % (idle_count // 1000)
+        try:
+            for mode in modes:
+                runs = []
+                for r in range(repeats):
+                    with Prober(srv.port, key, expect) as pr:
+                        timing = srv.upgrade(mode)
+                        res = pr.finish()
+                    res["idle"] = idle_count
+                    res["idle_lost"] = idle.check() if idle else 0
+                    res.update(timing)
+                    res["pause_ms"] = res["gap_ns"] / 1e6
+                    if "t_start" in res and res["gap_to"]:
+                        res["start_to_reply_ms"] = (res["gap_to"] - res["t_start"]) / 1e6
+                    if res["gap_from"]:
+                        res["cmd_to_reply_ms"] = (res["gap_to"] - res["t_cmd"]) / 1e6
+                    st = stats(srv.port)
+                    res["curr_items"] = int(st["curr_items"])
+                    res["sample_bad"] = verify_sample(srv.port, n, size, args.sample, seed=r)
+                    res["rss"] = rss_bytes(srv.pid)
+                    runs.append(res)
+                    log("  %s%s #%d: pause %.2f ms, refused %d, hung %d, errors %d, bad replies %d, "
+                        "reconnects %d, idle lost %d, curr_items %d, sample bad %d%s" % (
+                            mode, suffix, r + 1, res["pause_ms"], res["refused"], res["hung"],
+                            res["errors"], res["bad"], res["reconnects"], res["idle_lost"],
+                            res["curr_items"], res["sample_bad"],
+                            "" if "second_wait_ms" not in res else
+                            ", shutdown %.0f ms, second wait %.0f ms, start->reply %.0f ms" % (
+                                res["shutdown_ms"], res["second_wait_ms"],
+                                res.get("start_to_reply_ms", 0))))
+                    if res["curr_items"] != n or res["sample_bad"]:
+                        raise RuntimeError("%s lost items on upgrade %d (%s): curr_items %d, %d of %d "
+                                           "sampled keys missing/wrong" % (
+                                               srv.name, r + 1, mode, res["curr_items"],
+                                               res["sample_bad"], args.sample))
+                row["upgrade_" + mode + suffix] = runs
+        finally:
+            if idle:
+                idle.close()
 
 
 def main():
@@ -547,7 +624,14 @@ def main():
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--port", type=int, default=22122)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--idle-connections", type=int, default=10000,
+                    help="idle connections held open in a second round of upgrades (0: none)")
     args = ap.parse_args()
+    if args.idle_connections:
+        limit = raise_open_file_limit()
+        if limit < args.idle_connections + 1000:
+            sys.exit("RLIMIT_NOFILE %d is too low for %d idle connections" % (
+                limit, args.idle_connections))
 
     def parse_ds(text, default_mb):
         spec, _, mb = text.partition("@")
@@ -680,19 +764,21 @@ def report(results, args, elapsed):
     p("## Upgrade pause (ms, client-observed: last reply of the old image → first reply of the "
       "new)")
     p()
-    p("| server | dataset | mode | R | min | median | p90 | max | refused conns | "
-      "hung conns | lost keys |")
-    p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    p("| server | dataset | mode | R | min | median | p90 | p99 | max | failed requests | "
+      "reconnects | refused conns | lost keys |")
+    p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
         for k, v in row.items():
             if not k.startswith("upgrade_"):
                 continue
             d = dist([r["pause_ms"] for r in v])
             lost = sum(row["n"] - r["curr_items"] for r in v) + sum(r["sample_bad"] for r in v)
-            p("| %s | %s | %s | %d | %s | %s | %s | %s | %d | %d | %d |" % (
+            failed = sum(r["errors"] + r["hung"] + r["bad"] for r in v)
+            reconnects = sum(r.get("reconnects", 0) + r.get("idle_lost", 0) for r in v)
+            p("| %s | %s | %s | %d | %s | %s | %s | %s | %s | %d | %d | %d | %d |" % (
                 row["server"], row["dataset"], k[8:], d["n"], fmt_ms(d["min"]),
-                fmt_ms(d["median"]), fmt_ms(d["p90"]), fmt_ms(d["max"]),
-                sum(r["refused"] for r in v), sum(r["hung"] for r in v), lost))
+                fmt_ms(d["median"]), fmt_ms(d["p90"]), fmt_ms(d.get("p99", d["max"])),
+                fmt_ms(d["max"]), failed, reconnects, sum(r["refused"] for r in v), lost))
     mc = [(row, row["upgrade_restart"]) for row in results if "upgrade_restart" in row]
     if mc:
         p()
@@ -717,7 +803,7 @@ def report(results, args, elapsed):
         p("| dataset | mode | kho exec | pause median |")
         p("|---|---|---:|---:|")
         for row in results:
-            for k in ("upgrade_in-place", "upgrade_overlapped"):
+            for k in [k for k in row if k.startswith("upgrade_") and row["server"] == "kho-cache"]:
                 if k in row:
                     v = row[k]
                     p("| %s | %s | %s | %s |" % (

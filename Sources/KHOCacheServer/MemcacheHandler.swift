@@ -1,4 +1,5 @@
 import KHOCacheStore
+import KHOSystem
 import NIOCore
 
 /// One connection speaking memcached's text protocol to a `CacheStore`.
@@ -13,8 +14,9 @@ import NIOCore
 /// answered with an error at once: the connection parks (stops consuming
 /// its input, keeps the command) and retries every
 /// `frozenRetryInterval`; reads keep being answered. If the freeze is lifted
-/// (KHO ABORT) the command completes; if the process execs, the connection
-/// closes and the client retries on the next image; only after
+/// (KHO ABORT) the command completes; if the handover goes ahead, the
+/// command goes to the next image with the connection (see
+/// ConnectionHandover.swift); only after
 /// `frozenWaitLimit` is it answered "SERVER_ERROR frozen for handover".
 /// The limit is per pipeline, not per command: once it has expired, the
 /// commands already buffered behind the one that waited are answered at
@@ -71,6 +73,14 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// The connection's event loop: its `now` is the clock of the freeze
   /// wait (so that tests on an embedded loop can move it).
   var eventLoop: (any EventLoop)?
+  /// Frozen for a handover: reads nothing, runs nothing (see
+  /// ConnectionHandover.swift).
+  var frozenForHandover = false
+  /// The freeze's promise and descriptor, completed once no reply is left
+  /// in the channel.
+  var handoverWaiter: (EventLoopPromise<(ConnectionSnapshot, KHOSystem.FileDescriptor)?>, KHOSystem.FileDescriptor)?
+  /// Handed over by the previous image: taken up on activation.
+  var restored: ConnectionSnapshot?
 
   /// The longest line memcached waits for without a newline (2048), unless
   /// it is a get; and how long a get line may grow before we give up.
@@ -99,10 +109,20 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       flushOutput(context)
       return
     }
+    shared.connections.add(self, context)
+    if let snapshot = restored {
+      restored = nil
+      restore(snapshot, context)
+    }
     context.fireChannelActive()
   }
 
   public func channelInactive(context: ChannelHandlerContext) {
+    shared.connections.remove(self)
+    if let (promise, _) = handoverWaiter {
+      handoverWaiter = nil
+      promise.succeed(nil)
+    }
     if admitted {
       shared.release()
       admitted = false
@@ -143,7 +163,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// or one whose client does not take its replies, leaves further input
   /// in the socket (and so back-pressures its client through TCP).
   public func read(context: ChannelHandlerContext) {
-    if parked || waitingForRepliesToDrain {
+    if parked || waitingForRepliesToDrain || frozenForHandover {
       readDeferred = true
       return
     }
@@ -160,7 +180,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing && !waitingForRepliesToDrain,
+    while !parked && !closing && !waitingForRepliesToDrain && !frozenForHandover,
       let readable = input?.readableBytes, readable > 0
     {
       if swallow > 0 {
@@ -226,8 +246,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   /// Runs what was held back (by a freeze or by unsent replies), writes
   /// the replies, and reads again if a read was held back too.
-  private func resume(_ context: ChannelHandlerContext) {
-    guard !closing else { return }
+  func resume(_ context: ChannelHandlerContext) {
+    guard !closing && !frozenForHandover else { return }
     processInput(context)
     flushOutput(context)
     if readDeferred && !parked && !waitingForRepliesToDrain && !closing {
@@ -321,6 +341,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
         self.unsentBytes -= count
         self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
         self.resumeIfRepliesFit(context)
+        self.snapshotIfDrained()
       }
       context.writeAndFlush(wrapOutboundOut(chunk), promise: written)
     }

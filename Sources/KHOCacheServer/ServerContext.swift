@@ -65,6 +65,8 @@ public final class CacheServerContext: Sendable {
   /// Connections accepted into a freed reserve descriptor that are still
   /// to be told "ERROR Too many open connections".
   let refusalsOwed = Atomic<Int>(0)
+  /// Every admitted connection, for a handover to take them all along.
+  public let connections = ConnectionRegistry()
 
   /// A context for `store` with `configuration`.
   public init(store: CacheStore, configuration: CacheServerConfiguration = .init()) {

@@ -95,11 +95,16 @@ public final class HandoverRuntime: Sendable {
   private let named: Mutex<NamedFileDescriptors>
   private let handshake: Mutex<(ready: Int32, commit: Int32)?>
   private let inProgress = Atomic<Bool>(false)
+  /// Descriptors offered for the next image (see ``offer(_:)``).
+  private let outgoingParcel = Mutex<DescriptorParcel?>(nil)
+  /// Descriptors the previous image handed over (see ``takeParcel()``).
+  private let incomingParcel: Mutex<DescriptorParcel?>
 
   private init(
     kho: KHO, inherited: NamedFileDescriptors, strayInherited: [Int32],
-    handshake: (Int32, Int32)?, logger: Logger
+    handshake: (Int32, Int32)?, parcel: DescriptorParcel? = nil, logger: Logger
   ) {
+    self.incomingParcel = Mutex(parcel)
     self.kho = kho
     self.inherited = inherited
     self.strayInherited = strayInherited
@@ -154,7 +159,10 @@ public final class HandoverRuntime: Sendable {
     if let keptArena, keptArena != kho.arena.fd.rawValue {
       FileDescriptor(rawValue: keptArena).closeIgnoringErrors()
     }
-    let known = [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
+    let parcel = takeInPlaceParcel(&inherited)
+    let known =
+      [kho.arena.fd.rawValue] + [handshake?.ready, handshake?.commit].compactMap({ $0 })
+      + (parcel.map { [$0.blob.rawValue] + $0.descriptors.map(\.rawValue) } ?? [])
     // A handover's exec keeps only the fds it names: anything else open in
     // a KHO boot came from a predecessor that could not name it.
     let named = inherited.entries.map(\.fd)
@@ -169,7 +177,7 @@ public final class HandoverRuntime: Sendable {
     }
     let runtime = HandoverRuntime(
       kho: kho, inherited: inherited, strayInherited: stray, handshake: handshake,
-      logger: logger)
+      parcel: parcel, logger: logger)
     if keptArena != nil && kho.incoming?.kind != .crash && runtime.notifier.isEnabled {
       // The kept arena was refused: forget it, keep the new one only.
       try? runtime.notifier.removeStoredFDs(name: ListenFileDescriptors.arenaName)
@@ -250,10 +258,13 @@ public final class HandoverRuntime: Sendable {
       defer { h = nil }
       return h
     }) {
-      if !Handshake.reportReadyAndAwaitCommit(readyFD: readyFD, commitFD: commitFD) {
+      let (committed, parcel) = Handshake.reportReadyAndAwaitCommit(
+        readyFD: readyFD, commitFD: commitFD)
+      guard committed else {
         logger.error("kho: the previous image aborted the handover")
         return false
       }
+      incomingParcel.withLock { $0 = parcel }
     }
     notify { (n) throws(SystemCallError) in try n.ready(status: status) }
     return true
@@ -297,13 +308,21 @@ public final class HandoverRuntime: Sendable {
       case .inPlace:
         do { try kho.outgoing.freeze() } catch { throw .freeze(error) }
         FaultInjection.reach(FaultInjection.afterFreeze)
-        throw .launch(execInPlace(image, location))
+        let carried: FileDescriptor?
+        do { carried = try carryParcelAcrossExec() } catch { throw .launch(error) }
+        let failure = execInPlace(image, location)
+        if let carried { dropCarriedParcel(carried) }
+        throw .launch(failure)
       case .overlapped(let timeout):
         return try overlapped(image, location, timeout)
       }
     } catch {
       logger.error("kho: handover aborted: \(error)")
       kho.outgoing.abort()
+      outgoingParcel.withLock { parcel in
+        parcel?.blob.closeIgnoringErrors()
+        parcel = nil
+      }
       notify { (n) throws(SystemCallError) in
         try n.ready(status: "serving (handover failed: \(error))")
       }
@@ -358,6 +377,14 @@ public final class HandoverRuntime: Sendable {
         throw .freeze(error)
       }
       FaultInjection.reach(FaultInjection.afterFreeze)
+      do { try sendParcel(on: FileDescriptor(rawValue: pipes.commitWrite)) } catch {
+        let status = Self.killAndReap(pid)
+        throw .successorFailed(
+          pid: pid,
+          reason:
+            "it was gone when the commit was sent (handing over descriptors: \(error))\(status.map { "; \($0)" } ?? "")"
+        )
+      }
       guard Handshake.commit(pipes.commitWrite) else {
         let status = Self.killAndReap(pid)
         throw .successorFailed(
@@ -377,6 +404,14 @@ public final class HandoverRuntime: Sendable {
       _ = Self.killAndReap(pid)
       throw .timedOut(pid: pid, after: timeout)
     }
+  }
+
+  func outgoingParcelStore<R>(_ body: (inout DescriptorParcel?) -> R) -> R {
+    outgoingParcel.withLock { body(&$0) }
+  }
+
+  func incomingParcelStore<R>(_ body: (inout DescriptorParcel?) -> R) -> R {
+    incomingParcel.withLock { body(&$0) }
   }
 
   /// Kills `pid` and waits for it; returns how it ended.

@@ -102,20 +102,40 @@ enum Handshake {
     }
   }
 
-  static func reportReadyAndAwaitCommit(readyFD: Int32, commitFD: Int32) -> Bool {
+  /// Reports ready, then waits for the commit: `GO`, after the
+  /// descriptors the previous image hands over (a ``DescriptorParcel``,
+  /// if it sends one). Returns whether it committed, and the parcel.
+  static func reportReadyAndAwaitCommit(readyFD: Int32, commitFD: Int32) -> (
+    committed: Bool, parcel: DescriptorParcel?
+  ) {
     let ready = FileDescriptor(rawValue: readyFD)
     let commit = FileDescriptor(rawValue: commitFD)
     try? ready.writeAll(readyMessage)
     ready.closeIgnoringErrors()
-    let received = try? commit.read(upTo: 16)
-    commit.closeIgnoringErrors()
-    // Only GO commits. EOF without it means the old image died between
-    // our READY and its commit, with its state possibly frozen or not:
-    // taking over now could race a keeper that restarts the service from
-    // the same arena (systemd or `kho run` see their main process die),
-    // so this image stands down and the restart recovers the state.
-    guard let received, !received.isEmpty else { return false }
-    return received.starts(with: goMessage)
+    defer { commit.closeIgnoringErrors() }
+    var receiver = DescriptorBatch.Receiver()
+    var sawParcel = false
+    while true {
+      // Only GO commits. EOF without it means the old image died between
+      // our READY and its commit, with its state possibly frozen or not:
+      // taking over now could race a keeper that restarts the service from
+      // the same arena (systemd or `kho run` see their main process die),
+      // so this image stands down and the restart recovers the state.
+      guard let received = try? receiver.receive(from: commit) else { break }
+      switch received {
+      case .parcelMessage: sawParcel = true
+      case .end: continue
+      case .closed: break
+      case .other(let bytes):
+        guard bytes.starts(with: goMessage) else { break }
+        return (true, sawParcel ? receiver.finish() : nil)
+      }
+      if case .closed = received { break }
+      if case .other = received { break }
+    }
+    receiver.malformed = true
+    _ = receiver.finish()
+    return (false, nil)
   }
 
   /// Reads the child's ends from the environment, if this image was

@@ -160,9 +160,12 @@ public func openDescriptors() -> [Int32] {
   let own = dirfd(directory)
   var fds: [Int32] = []
   while let entry = readdir(directory) {
-    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-      String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-    }
+    // The name is read in place, up to its NUL: copying all of `d_name`
+    // (256 bytes) reads past a short last record of the kernel's buffer,
+    // which crashed at 10,000 open descriptors.
+    let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+    let name = String(
+      cString: UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: CChar.self))
     if let fd = Int32(name), fd != own { fds.append(fd) }
   }
   return fds.sorted()

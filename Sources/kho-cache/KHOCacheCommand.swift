@@ -33,7 +33,8 @@ struct KHOCacheCommand: ParsableCommand {
       (in place, or with --overlapped); or send SIGHUP, which hands over in
       place to the executable at the path this one was started from (replace
       the file, then reload). The listening socket is handed over: clients
-      that connect meanwhile wait in its backlog.
+      that connect meanwhile wait in its backlog. So is every established
+      client connection, with what it had sent and not yet been answered.
       """)
 
   @Option(name: [.short, .long], help: "TCP port to listen on.")
@@ -132,6 +133,10 @@ struct KHOCacheCommand: ParsableCommand {
       maxConnections: maxConnections, threads: threads)
     configuration.threads = threads
     let context = CacheServerContext(store: store, configuration: configuration)
+    try ConnectionHandover.register(context, runtime, logger: logger)
+    // The handed-over connections first: their clients were there before
+    // any new one (and their replies go out first).
+    ConnectionHandover.adopt(runtime, group: group, context: context, logger: logger)
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
     let upgrade = Upgrade(runtime: runtime, channel: channel, logger: logger)

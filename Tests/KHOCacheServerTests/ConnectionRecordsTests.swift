@@ -1,0 +1,56 @@
+import KHOCacheStore
+import Testing
+
+@testable import KHOCacheServer
+
+/// The records a connection hands to the next image: what is written is
+/// read back exactly, and anything malformed is refused whole.
+@Suite struct ConnectionRecordsTests {
+  static func sample() -> [ConnectionSnapshot] {
+    var idle = ConnectionSnapshot()
+    idle.peer = [2, 0, 0x30, 0x39, 127, 0, 0, 1]
+    var busy = ConnectionSnapshot()
+    busy.peer = [2, 0, 0x30, 0x3a, 127, 0, 0, 1]
+    busy.input = Array("half of a data blo".utf8)
+    busy.output = Array("STORED\r\nVALUE k 0 1\r\n".utf8)
+    busy.swallow = 7
+    busy.retrieveResumeIndex = 3
+    busy.pending = PendingStore(
+      mode: .cas(42), key: Array("key".utf8), flags: 9, exptime: -1, length: 100, noreply: true)
+    return [idle, busy]
+  }
+
+  @Test func roundTrip() {
+    let snapshots = Self.sample()
+    let bytes = ConnectionRecords.encode(snapshots)
+    #expect(ConnectionRecords.decode(bytes, maxCount: 10) == snapshots)
+  }
+
+  @Test func truncatedOrExtendedRecordsAreRefused() {
+    let bytes = ConnectionRecords.encode(Self.sample())
+    for cut in stride(from: 0, to: bytes.count, by: 3) {
+      #expect(ConnectionRecords.decode(Array(bytes.prefix(cut)), maxCount: 10) == nil)
+    }
+    #expect(ConnectionRecords.decode(bytes + [0], maxCount: 10) == nil)
+  }
+
+  @Test func moreRecordsThanAllowedAreRefused() {
+    let bytes = ConnectionRecords.encode(Self.sample())
+    #expect(ConnectionRecords.decode(bytes, maxCount: 1) == nil)
+  }
+
+  @Test func wrongMagicAndHugeLengthsAreRefused() {
+    var bytes = ConnectionRecords.encode(Self.sample())
+    bytes[0] ^= 0xff
+    #expect(ConnectionRecords.decode(bytes, maxCount: 10) == nil)
+    // A key longer than memcached allows, in an otherwise valid record.
+    var long = Self.sample()
+    long[1].pending!.key = Array(repeating: UInt8(ascii: "k"), count: 251)
+    #expect(ConnectionRecords.decode(ConnectionRecords.encode(long), maxCount: 10) == nil)
+    // A length field claiming more than the blob holds.
+    var claimed = ConnectionRecords.encode([ConnectionSnapshot()])
+    let peerLengthOffset = 8 + 8 + 8 + 8 + 1
+    claimed[peerLengthOffset + 7] = 0x7f
+    #expect(ConnectionRecords.decode(claimed, maxCount: 10) == nil)
+  }
+}
