@@ -16,11 +16,16 @@ let package = Package(
     .library(name: "KHOCacheStore", targets: ["KHOCacheStore"]),
     .executable(name: "kho", targets: ["kho"]),
     .executable(name: "kho-cache", targets: ["kho-cache"]),
+    .library(name: "KHOCollections", targets: ["KHOCollections"]),
+    .executable(name: "collections-bench", targets: ["collections-bench"]),
+    .executable(name: "kho-sessions", targets: ["kho-sessions"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
   ],
   targets: [
     // MARK: C surfaces (headers and forwarding shims only)
@@ -125,6 +130,34 @@ let package = Package(
       dependencies: ["KHO", "KHORuntime", "KHOExamples", "KHOServiceControl", "KHOSystem"]
     ),
     .executableTarget(name: "fdt-bench", dependencies: ["FDT", "CLibFDT"]),
+
+    // MARK: Arena collections and the Hummingbird example (issue 15)
+
+    // Hash map, ring and array whose storage is one caller-given region,
+    // addressed by offsets and checked before trusted.
+    .target(name: "KHOCollections", dependencies: ["KHO", "FDT", "CKHOChecksum"]),
+    // ArenaHashMap and ArenaRing against Dictionary and Deque.
+    .executableTarget(
+      name: "collections-bench",
+      dependencies: [
+        "KHOCollections",
+        .product(name: "DequeModule", package: "swift-collections"),
+      ]
+    ),
+    // A Hummingbird session store and rate limiter whose state lives in an
+    // ArenaHashMap in the KHO arena, upgraded by `kho exec`.
+    .executableTarget(
+      name: "kho-sessions",
+      dependencies: [
+        "KHOCollections", "KHO", "KHORuntime", "KHOServiceControl", "KHOSystem",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
+    .testTarget(
+      name: "KHOCollectionsTests", dependencies: ["KHOCollections", "KHO", "KHOSystem"]),
 
     // MARK: Tests, mirroring the libraries
 
