@@ -37,6 +37,7 @@ test: build
 	$(PYTHON) Tests/cli/test_run.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_crash.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/deploy/test_units.sh .build/debug
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/debug/kho-sessions --kho $(KHO)
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench

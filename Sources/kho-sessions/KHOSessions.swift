@@ -80,12 +80,13 @@ enum KHOSessions {
       KHOOptions(
         arenaSize: stateBytes + (32 << 20), scratchSize: 16 << 20, arenaName: "kho-sessions"),
       logger: logger)
+    let claimed = SessionState.claim(from: runtime.kho, logger: logger)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     let listener = try listeningSocket(runtime, options, logger: logger)
     // An overlapped predecessor serves until ready() says it let go;
     // nothing handed over is read before.
     guard runtime.ready(status: "starting") else { exit(1) }
-    let adopted = SessionState.adopt(from: runtime.kho, logger: logger)
+    let adopted = claimed.flatMap { SessionState.attach($0, in: runtime.kho, logger: logger) }
     let state = try adopted ?? SessionState.fresh(in: runtime.kho, bytes: stateBytes)
     try state.register(with: runtime.kho)
 

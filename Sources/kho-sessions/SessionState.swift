@@ -53,10 +53,11 @@ final class SessionState: Sendable {
     return SessionState(maps, range: pages)
   }
 
-  /// The maps the previous image handed over, found by their node, claimed
-  /// and attached (O(1), headers checked); nil when there is none or it is
-  /// refused (logged: the service then starts empty).
-  static func adopt(from kho: KHO, logger: Logger) -> SessionState? {
+  /// The range the previous image handed over, found by its node and
+  /// claimed, its bytes not read yet (an overlapped predecessor may still
+  /// write them until `ready()`); nil when there is none or it is refused
+  /// (logged: the service then starts empty).
+  static func claim(from kho: KHO, logger: Logger) -> Range<UInt64>? {
     guard let incoming = kho.incoming else { return nil }
     guard let node = incoming.findNode(path: "/\(nodeName)") else {
       logger.notice("kho-sessions: no state was handed over, starting empty")
@@ -69,15 +70,26 @@ final class SessionState: Sendable {
       guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
         throw Refusal("mem is not one {addr, len} pair")
       }
-      let range = KHOMemoryRange(address: mem[0], length: mem[1])
-      _ = try incoming.claim(range)
-      let pages = mem[0]..<mem[0] + mem[1]
-      let (sessions, rates) = halves(kho, pages)
+      _ = try incoming.claim(KHOMemoryRange(address: mem[0], length: mem[1]))
+      return mem[0]..<mem[0] + mem[1]
+    } catch {
+      logger.error("kho-sessions: refusing the handed-over state, starting empty: \(error)")
+      return nil
+    }
+  }
+
+  /// Attaches the maps in a claimed range (O(1): their headers checked);
+  /// nil when a header is refused (logged; the range is returned).
+  static func attach(_ pages: Range<UInt64>, in kho: KHO, logger: Logger) -> SessionState? {
+    let (sessions, rates) = halves(kho, pages)
+    do {
       let maps = Maps(
         sessions: try ArenaHashMap.attach(sessions), rates: try ArenaHashMap.attach(rates))
       return SessionState(maps, range: pages)
     } catch {
-      logger.error("kho-sessions: refusing the handed-over state, starting empty: \(error)")
+      logger.error("kho-sessions: refusing the handed-over maps, starting empty: \(error)")
+      try? kho.incoming?.returnMemory(
+        KHOMemoryRange(address: pages.lowerBound, length: pages.upperBound - pages.lowerBound))
       return nil
     }
   }
