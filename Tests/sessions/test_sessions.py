@@ -15,10 +15,11 @@ upgrades it with the `kho` binary given by --kho:
   bad_requests_answered   unknown paths, oversized bodies and a garbage
                           request line get an error status, and the server
                           goes on serving.
-  wrk_across_upgrade      (when wrk is installed; --wrk-seconds) wrk holds
-                          connections open while the service upgrades in
-                          place: 0 socket errors, 0 non-2xx, every session
-                          kept. Prints wrk's figures.
+  wrk_across_upgrade      (when wrk is installed) wrk holds 32 connections
+                          for --wrk-seconds while the service upgrades
+                          --wrk-upgrades times, in place and overlapped
+                          alternately (0: the baseline): 0 socket errors,
+                          0 non-2xx, every session kept. Prints wrk's figures.
 
 Synchronises on events (the mount appearing, a request answered); only
 wrk's own run lasts a fixed time. Prints `N passed, M failed` last.
@@ -41,6 +42,7 @@ from harness import Suite, free_port  # noqa: E402
 SERVER = None
 KHO = None
 WRK_SECONDS = 6
+WRK_UPGRADES = 2
 SUITE = Suite()
 test = SUITE.test
 
@@ -234,7 +236,10 @@ def parse_wrk(text):
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     non2xx = int(m.group(1)) if m else 0
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
-    return requests, errors, non2xx, rate
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    p99 = re.search(r"99%\s+(\S+)", text)
+    shape = f"latency avg {latency.group(1)} max {latency.group(3)}, p99 {p99.group(1) if p99 else '?'}"
+    return requests, errors, non2xx, rate, shape
 
 
 @test
@@ -247,17 +252,19 @@ def wrk_across_upgrade():
         sessions = create_sessions(svc, 100)
         sid = next(iter(sessions))
         wrk = subprocess.Popen(
-            ["wrk", "-t2", "-c32", f"-d{WRK_SECONDS}s", "-H", "X-Client: wrk",
+            ["wrk", "-t2", "-c32", "--latency", f"-d{WRK_SECONDS}s", "-H", "X-Client: wrk",
              f"http://127.0.0.1:{svc.port}/sessions/{sid}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # Upgrade once wrk's requests are being served (counted for its client).
         while int(svc.request("GET", "/rate/wrk", client="watcher")[1]) < 1000:
             assert wrk.poll() is None, wrk.stdout.read()
-        times = [svc.upgrade(), svc.upgrade(overlapped=True)]
+        # Alternately in place and overlapped; 0 upgrades is the baseline.
+        times = [svc.upgrade(overlapped=i % 2 == 1) for i in range(WRK_UPGRADES)]
         out, _ = wrk.communicate(timeout=WRK_SECONDS + 60)
-        requests, errors, non2xx, rate = parse_wrk(out)
-        print(f"wrk: {requests} requests, {rate:.0f} req/s, {errors} socket errors, "
-              f"{non2xx} non-2xx, upgrades {times[0]:.1f} ms in place, {times[1]:.1f} ms overlapped")
+        requests, errors, non2xx, rate, shape = parse_wrk(out)
+        print(f"wrk: {requests} requests, {rate:.0f} req/s, {shape}, {errors} socket errors, "
+              f"{non2xx} non-2xx, {len(times)} upgrades (ms, in place/overlapped alternately): "
+              + ", ".join(f"{t:.1f}" for t in times))
         assert errors == 0 and non2xx == 0, out
         check_sessions(svc, sessions)
     finally:
@@ -265,14 +272,16 @@ def wrk_across_upgrade():
 
 
 def main():
-    global SERVER, KHO, WRK_SECONDS
+    global SERVER, KHO, WRK_SECONDS, WRK_UPGRADES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True)
     parser.add_argument("--kho", required=True)
     parser.add_argument("--wrk-seconds", type=int, default=WRK_SECONDS)
+    parser.add_argument("--wrk-upgrades", type=int, default=WRK_UPGRADES)
     parser.add_argument("only", nargs="?")
     args = parser.parse_args()
     SERVER, KHO, WRK_SECONDS = args.server, args.kho, args.wrk_seconds
+    WRK_UPGRADES = args.wrk_upgrades
     sys.exit(SUITE.run(args.only))
 
 
