@@ -25,12 +25,28 @@ final class ConnectionTracker: Sendable {
   }
   private let state = Mutex(State())
 
-  func opened(_ channel: any Channel) {
+  /// The most connections open at once; one more is closed on arrival.
+  let limit: Int
+
+  init(limit: Int) { self.limit = limit }
+
+  /// Tracks `channel` until it closes; false (and closed) past the limit.
+  @discardableResult
+  func opened(_ channel: any Channel) -> Bool {
     let id = ObjectIdentifier(channel)
-    state.withLock { $0.open[id] = channel }
+    let admitted = state.withLock { state -> Bool in
+      guard state.open.count < limit else { return false }
+      state.open[id] = channel
+      return true
+    }
+    guard admitted else {
+      channel.close(promise: nil)
+      return false
+    }
     channel.closeFuture.whenComplete { [self] _ in
       _ = state.withLock { $0.open.removeValue(forKey: id) }
     }
+    return true
   }
 
   /// Whether responses should now close their connection.
@@ -67,7 +83,10 @@ where Responder.Context == BasicRequestContext {
   typealias Bound = NIOAsyncChannel<HTTP1Channel.Value, Never>
 
   func bind() async throws -> (Bound, HTTP1Channel) {
-    let http1 = HTTP1Channel(responder: respond)
+    // An idle keep-alive connection is closed after a minute: a peer
+    // cannot hold one of the limited connections for ever.
+    let http1 = HTTP1Channel(
+      responder: respond, configuration: .init(idleTimeout: .seconds(60)))
     let tracker = self.tracker
     let logger = self.logger
     let server = try await ServerBootstrap(group: group)

@@ -17,16 +17,17 @@ import NIOPosix
 
 /// The command line: `kho-sessions [--port N] [--listen ADDR]
 /// [--control-mount PATH|none] [--rate-limit N] [--rate-window S]
-/// [--session-ttl S] [--state-megabytes M]`.
+/// [--session-ttl S] [--state-megabytes M] [--max-connections N]`.
 struct SessionOptions {
   var port = 8080
   var listen = "127.0.0.1"
   var controlMount: String?
   var policy = SessionPolicy()
   var stateMegabytes = 64
+  var maxConnections = 1024
 
   static let usage =
-    "usage: kho-sessions [--port N] [--listen ADDR] [--control-mount PATH|none] [--rate-limit N] [--rate-window S] [--session-ttl S] [--state-megabytes M]"
+    "usage: kho-sessions [--port N] [--listen ADDR] [--control-mount PATH|none] [--rate-limit N] [--rate-window S] [--session-ttl S] [--state-megabytes M] [--max-connections N]"
 
   /// Parses `arguments`; a bad one names itself.
   init(_ arguments: [String]) throws {
@@ -42,6 +43,7 @@ struct SessionOptions {
       case "--rate-window": policy.rateWindow = UInt64(try number(flag, value, in: 1...86400 * 365))
       case "--session-ttl": policy.sessionTTL = UInt64(try number(flag, value, in: 1...86400 * 365))
       case "--state-megabytes": stateMegabytes = try number(flag, value, in: 1...65536)
+      case "--max-connections": maxConnections = try number(flag, value, in: 1...1_000_000)
       default: throw OptionError("unknown option \(flag)\n\(Self.usage)")
       }
     }
@@ -90,7 +92,7 @@ enum KHOSessions {
     let state = try adopted ?? SessionState.fresh(in: runtime.kho, bytes: stateBytes)
     try state.register(with: runtime.kho)
 
-    let tracker = ConnectionTracker()
+    let tracker = ConnectionTracker(limit: options.maxConnections)
     let router = sessionRouter(
       state: state, policy: options.policy, generation: runtime.kho.generation)
     let server = InheritedListenerServer(

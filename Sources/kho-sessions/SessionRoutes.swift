@@ -51,10 +51,12 @@ func sessionRouter(state: SessionState, policy: SessionPolicy, generation: UInt6
     let body = try await request.body.collect(upTo: 4096)
     let user = String(buffer: body)
     let id = newSessionID()
-    let stored = state.mutate { maps in
-      try? maps.sessions.set(id, user, expiresAt: wallClockSeconds() + policy.sessionTTL)
+    let stored = state.mutate { maps -> Bool in
+      // Full even after evicting the least recently used: say so rather
+      // than hand out an id that was never stored.
+      (try? maps.sessions.set(id, user, expiresAt: wallClockSeconds() + policy.sessionTTL)) != nil
     }
-    guard case .done = stored else { return Response(status: .serviceUnavailable) }
+    guard case .done(true) = stored else { return Response(status: .serviceUnavailable) }
     return text(id, status: .created)
   }
   router.get("/sessions/:id") { _, context -> Response in

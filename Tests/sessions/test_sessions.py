@@ -15,6 +15,8 @@ upgrades it with the `kho` binary given by --kho:
   bad_requests_answered   unknown paths, oversized bodies and a garbage
                           request line get an error status, and the server
                           goes on serving.
+  connections_are_bounded  past --max-connections a connection is closed
+                          unanswered; once others close, it serves again.
   wrk_across_upgrade      (when wrk is installed) wrk holds 32 connections
                           for --wrk-seconds while the service upgrades
                           --wrk-upgrades times, in place and overlapped
@@ -222,6 +224,36 @@ def bad_requests_answered():
             reply = s.recv(4096)
             assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply
         assert svc.request("GET", "/stats")[0] == 200
+    finally:
+        svc.stop()
+
+
+@test
+def connections_are_bounded():
+    svc = Service(extra=["--max-connections", "4"]).start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(4)]
+        for s in held:  # each answered: all four are admitted
+            s.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200"), "held connection not served"
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as extra:
+            extra.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                reply = extra.recv(4096)
+            except ConnectionResetError:
+                reply = b""
+            assert reply == b"", f"a fifth connection was served: {reply!r}"
+        for s in held:
+            s.close()
+        # The server sees the closes asynchronously: retry until it admits.
+        for _ in range(1000):
+            try:
+                if svc.request("GET", "/stats")[0] == 200:
+                    break
+            except (ConnectionError, http.client.HTTPException):
+                continue
+        else:
+            raise AssertionError("not served again after the held connections closed")
     finally:
         svc.stop()
 
