@@ -62,3 +62,11 @@ clean:
 bench-memcslap: deps
 	$(SWIFT) build -c release --product kho-cache
 	$(PYTHON) Scripts/bench_memcslap.py --kho-cache kho-cache=.build/release/kho-cache
+
+# kho-sessions (Hummingbird) under wrk across upgrades, release build.
+.PHONY: bench-sessions
+bench-sessions: deps
+	$(SWIFT) build -c release --product kho-sessions
+	$(SWIFT) build --product kho
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 0 wrk
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 4 wrk
