@@ -135,7 +135,11 @@ let package = Package(
 
     // Hash map, ring and array whose storage is one caller-given region,
     // addressed by offsets and checked before trusted.
-    .target(name: "KHOCollections", dependencies: ["KHO", "FDT", "CKHOChecksum"]),
+    // Cross-module optimization lets callers specialize the generic
+    // collections (a lookup otherwise goes through witness tables).
+    .target(
+      name: "KHOCollections", dependencies: ["KHO", "FDT", "CKHOChecksum"],
+      swiftSettings: [.unsafeFlags(["-cross-module-optimization"])]),
     // ArenaHashMap and ArenaRing against Dictionary and Deque.
     .executableTarget(
       name: "collections-bench",

@@ -27,10 +27,11 @@
 /// | 80, 88 | 8 each | evictions, expirations |
 /// | 96 | 8 | hash seed |
 /// | 104 | 8 × 32 | free lists, one per size class (64 << class bytes) |
+/// | 360 | 8 | use tick (counts moves to the LRU front) |
 ///
 /// An entry: `chain next`, `lru prev`, `lru next`, `hash`, `expiry` (u64
 /// each), `key length`, `value length`, `size class`, `crc32c` (u32 each),
-/// then the key and value bytes. The CRC covers hash through size class and
+/// `use tick` (u64), then the key and value bytes. The CRC covers hash through size class and
 /// the bytes; the links are checked by where they point.
 ///
 /// **Never trusting the region**: ``attach(_:)`` checks the header only.
@@ -54,7 +55,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
 
   static var magic: UInt64 { 0x5041_4d48_434f_484b }  // "KHOCHMAP" in memory order
   static var headerSize: Int { 384 }
-  static var entryHeader: Int { 56 }
+  static var entryHeader: Int { 64 }
   static var classCount: Int { 32 }
 
   let region: Region
@@ -450,6 +451,9 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   private var lruTail: Int { Int(truncatingIfNeeded: region.load64(72)) }
 
   private func pushLRU(_ at: Int) {
+    let tick = region.load64(360) &+ 1
+    region.store64(tick, 360)
+    region.store64(tick, at + 56)
     let head = lruHead
     region.store64(0, at + 8)
     region.store64(UInt64(head), at + 16)
@@ -484,8 +488,13 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     }
   }
 
+  /// Moves a hit entry to the front of the LRU, but only when it is in
+  /// the older half of the list by use ticks (as memcached bumps an item at
+  /// most once a minute): a hit on a recent entry writes nothing, so reads
+  /// stay cheap and the order is LRU to within half the list.
   @inline(__always) private func touch(_ at: Int) {
-    guard lruHead != at else { return }
+    let tick = region.load64(360)
+    guard tick &- region.load64(at + 56) > UInt64(count / 2), lruHead != at else { return }
     unlinkLRU(at)
     pushLRU(at)
   }
