@@ -70,3 +70,9 @@ bench-sessions: deps
 	$(SWIFT) build --product kho
 	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 0 wrk
 	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 4 wrk
+
+# The arena collections against Dictionary, Deque and Array (ns/op), release build.
+.PHONY: bench-collections
+bench-collections:
+	$(SWIFT) build -c release --product collections-bench
+	.build/release/collections-bench
