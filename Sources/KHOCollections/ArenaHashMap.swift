@@ -78,7 +78,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     _ bytes: UnsafeMutableRawBufferPointer, bucketCount: Int = 1024,
     now: @escaping () -> UInt64 = wallClockSeconds
   ) throws(ArenaAttachError) -> ArenaHashMap {
-    let buckets = nextPowerOfTwo(Swift.max(1, bucketCount))
+    let buckets = nextPowerOfTwo(Swift.min(Swift.max(1, bucketCount), bytes.count / 8))
     let heapStart = headerSize + buckets * 8
     guard bytes.count >= heapStart + 64 else {
       throw .tooSmall(needed: heapStart + 64, have: bytes.count)
@@ -140,7 +140,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   private var seed: UInt64 { region.load64(96) }
 
   /// The entries in the map (expired ones not yet met included).
-  public var count: Int { Int(truncatingIfNeeded: region.load64(40)) }
+  public var count: Int { Int(clamping: region.load64(40)) }
   /// Whether the map holds no entry.
   public var isEmpty: Bool { count == 0 }
   /// Entries evicted to make room, over the map's whole life.
@@ -384,14 +384,20 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
 
   /// Removes the entry at `at` from its chain (found again by walking the
   /// bucket from its head).
-  private func remove(_ at: Int, hash h: UInt64) {
+  @discardableResult private func remove(_ at: Int, hash h: UInt64) -> Bool {
     var link = bucketsAt + Int(truncatingIfNeeded: h & bucketMask) * 8
     var guardian = CycleGuard()
     while true {
       let next = Int(truncatingIfNeeded: region.load64(link))
-      if next == 0 { return }
-      guard isEntry(next), !guardian.hasLooped(next) else { return cut(link) }
-      if next == at { return unlinkChain(at, link: link) }
+      if next == 0 { return false }
+      guard isEntry(next), !guardian.hasLooped(next) else {
+        cut(link)
+        return false
+      }
+      if next == at {
+        unlinkChain(at, link: link)
+        return true
+      }
       link = next
     }
   }
@@ -418,7 +424,8 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
         region.store32(UInt32(sizeClass), at + 48)
         return at
       }
-      guard evicted <= count, evictLeastRecent() else { throw .full }
+      // Bounded by what the heap can hold, not by the (untrusted) count.
+      guard evicted <= (size - heapStart) / 64, evictLeastRecent() else { throw .full }
       evicted += 1
     }
   }
@@ -508,7 +515,13 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       rebuildLRU(excluding: nil)
       return lruTail != 0
     }
-    remove(tail, hash: region.load64(tail + 24))
+    if !remove(tail, hash: region.load64(tail + 24)) {
+      // In the LRU but in no chain: damage; take it off the list alone.
+      damage += 1
+      unlinkLRU(tail)
+      if lruTail == tail { rebuildLRU(excluding: nil) }
+      return lruTail != tail
+    }
     region.store64(region.load64(80) &+ 1, 80)
     return true
   }
@@ -546,6 +559,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// bigger than now) taken from the heap, and rehashes every intact entry
   /// into it. For a later image that attached a bigger region.
   public func rehash(bucketCount newCount: Int) throws(SetError) {
+    guard newCount <= size / 16 else { throw .full }
     let buckets = nextPowerOfTwo(newCount)
     guard buckets > bucketCount else { return }
     let at = heapTop

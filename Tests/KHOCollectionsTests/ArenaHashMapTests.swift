@@ -152,9 +152,36 @@ struct SplitMix: RandomNumberGenerator {
       if let found = attached[key] { #expect(found == value) }
     }
     for (key, value) in attached { #expect(stored[key] == value) }
+    #expect(attached.count <= 300)
     for i in 300..<600 { attached["key-\(i)"] = "new \(i)" }
     for i in 300..<600 {
       if let found = attached["key-\(i)"] { #expect(found == "new \(i)") }
+    }
+  }
+}
+
+extension ArenaHashMapTests {
+  /// Damages random bytes anywhere, header included: attach refuses or the
+  /// map works on, never crashing, never returning what was not stored.
+  @Test(arguments: 0..<60) func survivesDamageToTheHeaderToo(seed: UInt64) throws {
+    var random = SplitMix(state: seed &+ 1000)
+    let memory = TestRegion(1 << 14)
+    let map = try ArenaHashMap<UInt64, UInt64>.format(memory.bytes, bucketCount: 32)
+    for i in 0..<100 { map[UInt64(i)] = UInt64(i) * 11 }
+    for _ in 0..<(1 + random.next() % 8) {
+      let at = Int(random.next() % UInt64(ArenaHashMap<UInt64, UInt64>.headerSize + 512))
+      memory.bytes[at] = UInt8(truncatingIfNeeded: random.next())
+    }
+    guard let attached = try? ArenaHashMap<UInt64, UInt64>.attach(memory.bytes) else { return }
+    for i in 0..<100 {
+      if let value = attached[UInt64(i)] { #expect(value == UInt64(i) * 11) }
+    }
+    for i in 100..<400 { attached[UInt64(i)] = UInt64(i) * 11 }
+    attached.removeValue(forKey: 5)
+    for (key, value) in attached { #expect(value == key * 11) }
+    try? attached.rehash(bucketCount: 64)
+    for i in 0..<400 {
+      if let value = attached[UInt64(i)] { #expect(value == UInt64(i) * 11) }
     }
   }
 }
