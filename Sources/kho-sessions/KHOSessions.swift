@@ -105,8 +105,9 @@ enum KHOSessions {
       "kho-sessions: \(adopted != nil ? "took over" : "started cold with") \(sessions) sessions, generation \(runtime.kho.generation), listening on \(options.listen):\(options.port)"
     )
     try? runtime.notifier.status("serving \(sessions) sessions")
-    _ = control
+    let signals = SignalHandling(control: control, logger: logger)
     try await server.serve(channel, http1)
+    withExtendedLifetime(signals) {}
   }
 
   /// The listener the previous image handed over as "listen", or a new one;

@@ -17,6 +17,9 @@ upgrades it with the `kho` binary given by --kho:
                           goes on serving.
   connections_are_bounded  past --max-connections a connection is closed
                           unanswered; once others close, it serves again.
+  sighup_upgrades_and_sigterm_unmounts  SIGHUP hands over in place to the
+                          same executable, sessions kept; SIGTERM exits 0
+                          and leaves no mount behind.
   wrk_across_upgrade      (when wrk is installed) wrk holds 32 connections
                           for --wrk-seconds while the service upgrades
                           --wrk-upgrades times, in place and overlapped
@@ -254,6 +257,29 @@ def connections_are_bounded():
                 continue
         else:
             raise AssertionError("not served again after the held connections closed")
+    finally:
+        svc.stop()
+
+
+@test
+def sighup_upgrades_and_sigterm_unmounts():
+    svc = Service().start()
+    try:
+        sessions = create_sessions(svc, 50)
+        os.kill(svc.proc.pid, signal.SIGHUP)
+        # The upgrade is over when the next image answers with generation 1.
+        for _ in range(100_000):
+            try:
+                if svc.stats()["generation"] == 1:
+                    break
+            except (ConnectionError, http.client.HTTPException, AssertionError):
+                continue
+        else:
+            raise AssertionError(f"SIGHUP did not upgrade:\n{svc.log_tail()}")
+        check_sessions(svc, sessions)
+        os.kill(svc.proc.pid, signal.SIGTERM)
+        assert svc.proc.wait(timeout=30) == 0, svc.log_tail()
+        assert subprocess.run(["mountpoint", "-q", svc.mount]).returncode != 0, "mount left behind"
     finally:
         svc.stop()
 
