@@ -140,7 +140,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   private var seed: UInt64 { region.load64(96) }
 
   /// The entries in the map (expired ones not yet met included).
-  public var count: Int { Int(clamping: region.load64(40)) }
+  public var count: Int { Swift.min(Int(clamping: region.load64(40)), size / 64) }
   /// Whether the map holds no entry.
   public var isEmpty: Bool { count == 0 }
   /// Entries evicted to make room, over the map's whole life.
@@ -153,7 +153,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   public var bucketCount: Int { Int(bucketMask) + 1 }
 
   private func addToCount(_ delta: Int) {
-    let value = Swift.max(0, count + delta)
+    let value = Swift.max(0, count + delta)  // count is at most size / 64: no overflow
     region.store64(UInt64(value), 40)
   }
 
