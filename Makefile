@@ -39,6 +39,7 @@ test: build
 	$(PYTHON) Tests/cache/test_crash.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/deploy/test_units.sh .build/debug
 	bash Scripts/docs.sh
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/debug/kho-sessions --kho $(KHO)
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench
@@ -67,3 +68,16 @@ bench-memcslap: deps
 # The DocC documentation of every library module, warnings as errors.
 docs:
 	bash Scripts/docs.sh
+# kho-sessions (Hummingbird) under wrk across upgrades, release build.
+.PHONY: bench-sessions
+bench-sessions: deps
+	$(SWIFT) build -c release --product kho-sessions
+	$(SWIFT) build --product kho
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 0 wrk
+	$(PYTHON) Tests/sessions/test_sessions.py --server .build/release/kho-sessions --kho $(KHO) --wrk-seconds 15 --wrk-upgrades 4 wrk
+
+# The arena collections against Dictionary, Deque and Array (ns/op), release build.
+.PHONY: bench-collections
+bench-collections:
+	$(SWIFT) build -c release --product collections-bench
+	.build/release/collections-bench

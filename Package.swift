@@ -17,6 +17,9 @@ let package = Package(
     .library(name: "KHOCacheStore", targets: ["KHOCacheStore"]),
     .executable(name: "kho", targets: ["kho"]),
     .executable(name: "kho-cache", targets: ["kho-cache"]),
+    .library(name: "KHOCollections", targets: ["KHOCollections"]),
+    .executable(name: "collections-bench", targets: ["collections-bench"]),
+    .executable(name: "kho-sessions", targets: ["kho-sessions"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -26,6 +29,8 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     // `swift package generate-documentation`, for the DocC catalogs.
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
   ],
   targets: [
     // MARK: C surfaces (headers and forwarding shims only)
@@ -143,6 +148,35 @@ let package = Package(
       dependencies: ["KHO", "KHORuntime", "KHOExamples", "KHOServiceControl", "KHOSystem"]
     ),
     .executableTarget(name: "fdt-bench", dependencies: ["FDT", "CLibFDT"]),
+
+    // MARK: Arena collections and the Hummingbird example (issue 15)
+
+    // Hash map, ring and array whose storage is one caller-given region,
+    // addressed by offsets and checked before trusted.
+    .target(
+      name: "KHOCollections", dependencies: ["KHO", "FDT", "CKHOChecksum"]),
+    // ArenaHashMap and ArenaRing against Dictionary and Deque.
+    .executableTarget(
+      name: "collections-bench",
+      dependencies: [
+        "KHOCollections",
+        .product(name: "DequeModule", package: "swift-collections"),
+      ]
+    ),
+    // A Hummingbird session store and rate limiter whose state lives in an
+    // ArenaHashMap in the KHO arena, upgraded by `kho exec`.
+    .executableTarget(
+      name: "kho-sessions",
+      dependencies: [
+        "KHOCollections", "KHO", "KHORuntime", "KHOServiceControl", "KHOSystem",
+        .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
+    .testTarget(
+      name: "KHOCollectionsTests", dependencies: ["KHOCollections", "KHO", "KHOSystem"]),
 
     // MARK: Tests, mirroring the libraries
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 apt_packages=(device-tree-compiler libfdt-dev libfuse3-dev fuse3 pkg-config
-  memcached libmemcached-tools swig python3-dev systemd)
+  memcached libmemcached-tools swig python3-dev systemd wrk)
 pip_packages=(pylibfdt pymemcache)
 
 sudo_if_needed() {

@@ -309,7 +309,10 @@ def many_handovers_leak_nothing():
         for i, c in enumerate(conns):
             assert c.get(b"m%d" % i) == b"v%d" % i
         last = (open_fds(svc.pid()), len(test_upgrade.children_of(svc.pid())))
-        assert last == first, f"fds and children after the first upgrade {first}, at the end {last}"
+        # A leak grows; one fewer (a lazily opened descriptor of the first
+        # image's runtime, not made again) is not one.
+        assert last[0] <= first[0] and last[1] == first[1], (
+            f"fds and children after the first upgrade {first}, at the end {last}")
         for c in conns:
             c.close()
     finally:

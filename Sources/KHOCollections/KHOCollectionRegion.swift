@@ -1,0 +1,141 @@
+import FDT
+import KHO
+
+/// A range of the KHO arena that one collection lives in, wired into KHO
+/// as a subsystem: on DUMP it describes itself as a node
+/// (`compatible`, `mem = <address length>`); in the next image
+/// ``open(in:name:compatible:bytes:)`` finds that node, checks it, and
+/// claims the range, so the collection's `attach` finds its bytes where
+/// the previous image left them.
+///
+/// ```swift
+/// let region = try KHOCollectionRegion.open(
+///   in: kho, name: "sessions", compatible: ArenaHashMap<String, [UInt8]>.compatible,
+///   bytes: 64 << 20)
+/// let sessions = region.handedOver
+///   ? try ArenaHashMap<String, [UInt8]>.attach(region.bytes)
+///   : try ArenaHashMap<String, [UInt8]>.format(region.bytes)
+/// ```
+///
+/// **Growth**: when the handed-over range is smaller than `bytes`, a new
+/// range of `bytes` is allocated, the old bytes are copied to its start
+/// (collections are addressed by offsets, so the copy needs no fix-up) and
+/// the old range is given back; the collection's `attach` then grows into
+/// the rest.
+public final class KHOCollectionRegion: Sendable {
+  /// The node's name under the KHO tree's root.
+  public let name: String
+  /// The node's `compatible` string: the collection's layout and version.
+  public let compatible: String
+  /// Where the collection lives in the arena.
+  public let range: KHOMemoryRange
+  /// Whether the bytes are the previous image's (attach them) rather than
+  /// fresh (format them).
+  public let handedOver: Bool
+  /// Whether the handed-over bytes were copied into a bigger range.
+  public let grown: Bool
+  private let base: UInt
+
+  /// The collection's bytes.
+  public var bytes: UnsafeMutableRawBufferPointer {
+    UnsafeMutableRawBufferPointer(
+      start: UnsafeMutableRawPointer(bitPattern: base), count: Int(range.length))
+  }
+
+  /// Why a region could not be opened.
+  public enum Failure: Error, Sendable, CustomStringConvertible {
+    /// The handed-over node is malformed.
+    case badNode(String)
+    /// Its memory could not be claimed.
+    case claim(ClaimError)
+    /// The arena has no room for the region.
+    case allocation(AllocatorError)
+    /// The DUMP notifier could not be registered.
+    case notifier(NotifierError)
+
+    public var description: String {
+      switch self {
+      case .badNode(let why): return "collection node: \(why)"
+      case .claim(let error): return "collection memory: \(error)"
+      case .allocation(let error): return "collection allocation: \(error)"
+      case .notifier(let error): return "collection notifier: \(error)"
+      }
+    }
+  }
+
+  private init(
+    kho: KHO, name: String, compatible: String, range: KHOMemoryRange, handedOver: Bool,
+    grown: Bool
+  ) {
+    self.name = name
+    self.compatible = compatible
+    self.range = range
+    self.handedOver = handedOver
+    self.grown = grown
+    self.base = UInt(bitPattern: kho.arena.base + Int(range.address))
+  }
+
+  /// Finds and claims the node `name` the previous image handed over, or
+  /// allocates `bytes` of the arena when there is none; then registers the
+  /// notifier that describes it on DUMP.
+  public static func open(in kho: KHO, name: String, compatible: String, bytes: UInt64)
+    throws(Failure) -> KHOCollectionRegion
+  {
+    var region = try claimHandedOver(kho, name: name, compatible: compatible, bytes: bytes)
+    if region == nil {
+      region = KHOCollectionRegion(
+        kho: kho, name: name, compatible: compatible,
+        range: try allocate(kho, bytes: bytes), handedOver: false, grown: false)
+    }
+    guard let region else { preconditionFailure("set just above") }
+    try region.register(with: kho)
+    return region
+  }
+
+  private static func allocate(_ kho: KHO, bytes: UInt64) throws(Failure) -> KHOMemoryRange {
+    do {
+      let pages = try kho.allocator.allocate(bytes: bytes)
+      return KHOMemoryRange(address: pages.lowerBound, length: bytes)
+    } catch { throw .allocation(error) }
+  }
+
+  private static func claimHandedOver(
+    _ kho: KHO, name: String, compatible: String, bytes: UInt64
+  ) throws(Failure) -> KHOCollectionRegion? {
+    guard let incoming = kho.incoming,
+      let node = incoming.findNode(where: { $0.name == name })
+    else { return nil }
+    guard node.property("compatible")?.string == compatible else {
+      throw .badNode("\(name) is not \(compatible)")
+    }
+    guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
+      throw .badNode("mem is not one {address, length} pair")
+    }
+    let old = KHOMemoryRange(address: mem[0], length: mem[1])
+    let oldBytes: UnsafeMutableRawBufferPointer
+    do { oldBytes = try incoming.claim(old) } catch { throw .claim(error) }
+    guard old.length < bytes else {
+      return KHOCollectionRegion(
+        kho: kho, name: name, compatible: compatible, range: old, handedOver: true, grown: false)
+    }
+    let range = try allocate(kho, bytes: bytes)
+    let grown = KHOCollectionRegion(
+      kho: kho, name: name, compatible: compatible, range: range, handedOver: true, grown: true)
+    grown.bytes.baseAddress!.copyMemory(from: oldBytes.baseAddress!, byteCount: oldBytes.count)
+    try? incoming.returnMemory(old)
+    return grown
+  }
+
+  private func register(with kho: KHO) throws(Failure) {
+    let (name, compatible, range) = (self.name, self.compatible, self.range)
+    let notifier = KHONotifier(
+      name: "kho-collections:\(name)",
+      dump: { writer in
+        try writer.beginNode(name)
+        try writer.property("compatible", string: compatible)
+        try writer.property("mem", native: [range.address, range.length])
+        try writer.endNode()
+      })
+    do { try kho.outgoing.register(notifier) } catch { throw .notifier(error) }
+  }
+}

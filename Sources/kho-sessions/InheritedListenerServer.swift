@@ -1,0 +1,135 @@
+// Hummingbird on a listening socket the service already holds (one the
+// previous image handed over). Hummingbird's `Application` only binds an
+// address, so this mirrors its server loop on the supported pieces:
+// HummingbirdCore's `HTTP1Channel` (the `ServerChildChannel` Hummingbird's
+// own server uses) on NIO's `ServerBootstrap.bind(_:childChannelInitializer:)`,
+// which takes an existing socket descriptor.
+
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The open connections, so that an upgrade can let each finish its
+/// current request and close before the process is replaced.
+final class ConnectionTracker: Sendable {
+  private struct State {
+    var open: [ObjectIdentifier: any Channel] = [:]
+    var draining = false
+  }
+  private let state = Mutex(State())
+
+  /// The most connections open at once; one more is closed on arrival.
+  let limit: Int
+
+  init(limit: Int) { self.limit = limit }
+
+  /// Tracks `channel` until it closes; false (and closed) past the limit.
+  @discardableResult
+  func opened(_ channel: any Channel) -> Bool {
+    let id = ObjectIdentifier(channel)
+    let admitted = state.withLock { state -> Bool in
+      guard state.open.count < limit else { return false }
+      state.open[id] = channel
+      return true
+    }
+    guard admitted else {
+      channel.close(promise: nil)
+      return false
+    }
+    channel.closeFuture.whenComplete { [self] _ in
+      _ = state.withLock { $0.open.removeValue(forKey: id) }
+    }
+    return true
+  }
+
+  /// Whether responses should now close their connection.
+  var isDraining: Bool { state.withLock { $0.draining } }
+  var openCount: Int { state.withLock { $0.open.count } }
+
+  /// Marks every next response `Connection: close`, waits (at most
+  /// `limit`) for the clients to take their last response and go, then
+  /// closes what is left: connections idle the whole time. Runs on the
+  /// control mount's thread, never on an event loop.
+  func drain(limit: Duration) {
+    state.withLock { $0.draining = true }
+    let deadline = ContinuousClock.now + limit
+    // A poll, not a wait on a condition: the connections close on event
+    // loops, and the count is cheap to read; 1 ms steps bound the pause.
+    while openCount > 0, ContinuousClock.now < deadline { usleep(1000) }
+    let left = state.withLock { Array($0.open.values) }
+    for channel in left { channel.close(promise: nil) }
+  }
+
+  func resume() { state.withLock { $0.draining = false } }
+}
+
+/// Serves `responder` over HTTP/1.1 on the listening socket `fd`.
+struct InheritedListenerServer<Responder: HTTPResponder>: Sendable
+where Responder.Context == BasicRequestContext {
+  let fd: Int32
+  let responder: Responder
+  let group: MultiThreadedEventLoopGroup
+  let tracker: ConnectionTracker
+  let logger: Logger
+
+  /// The server channel, once bound (to pause and resume accepting).
+  typealias Bound = NIOAsyncChannel<HTTP1Channel.Value, Never>
+
+  func bind() async throws -> (Bound, HTTP1Channel) {
+    // An idle keep-alive connection is closed after a minute: a peer
+    // cannot hold one of the limited connections for ever.
+    let http1 = HTTP1Channel(
+      responder: respond, configuration: .init(idleTimeout: .seconds(60)))
+    let tracker = self.tracker
+    let logger = self.logger
+    let server = try await ServerBootstrap(group: group)
+      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+      .bind(fd) { channel in
+        tracker.opened(channel)
+        return http1.setup(channel: channel, logger: logger)
+      }
+    return (server, http1)
+  }
+
+  /// Accepts until the server channel closes, each connection in its task.
+  func serve(_ server: Bound, _ http1: HTTP1Channel) async throws {
+    let logger = self.logger
+    try await withThrowingDiscardingTaskGroup { group in
+      try await server.executeThenClose { inbound in
+        for try await connection in inbound {
+          group.addTask { await http1.handle(value: connection, logger: logger) }
+        }
+      }
+    }
+  }
+
+  /// One request, as Hummingbird's `Application` answers it: the router's
+  /// response, a 500 for an error it did not turn into one; and while
+  /// draining, `Connection: close` so the client reconnects to the next image.
+  @Sendable
+  func respond(_ request: Request, _ writer: consuming ResponseWriter, _ channel: any Channel)
+    async throws
+  {
+    let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
+    var response: Response
+    do {
+      response = try await responder.respond(to: request, context: context)
+    } catch {
+      response = Response(status: .internalServerError)
+    }
+    if tracker.isDraining { response.headers[.connection] = "close" }
+    try await writer.write(response: response.head, body: response.body)
+    if tracker.isDraining {
+      // HTTP1Channel keeps a connection open unless the request asked to
+      // close it; close it here, after the response is written.
+      channel.close(promise: nil)
+    }
+  }
+}
