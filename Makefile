@@ -5,7 +5,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 KHO := .build/debug/kho
 
-.PHONY: all deps build demo demo-dt test bench bench-upgrade bench-memcslap fuzz format clean
+.PHONY: all deps build demo demo-dt test bench bench-upgrade bench-memcslap bench-throughput fuzz format clean
 
 all: build
 
@@ -37,6 +37,7 @@ test: build
 	$(PYTHON) Tests/cli/test_run.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_crash.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/deploy/test_units.sh .build/debug
+	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench
@@ -61,3 +62,9 @@ clean:
 bench-memcslap: deps
 	$(SWIFT) build -c release --product kho-cache
 	$(PYTHON) Scripts/bench_memcslap.py --kho-cache kho-cache=.build/release/kho-cache
+
+# kho-cache beside memcached under the project's C load generator
+# (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.
+bench-throughput: deps
+	$(SWIFT) build -c release --product kho-cache
+	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""The client matrix: real memcached clients against a real kho-cache,
+before and after a live upgrade.
+
+One kho-cache with a FUSE control mount (Tests/cache/test_upgrade.py's
+Service) serves every client. Each client stores, reads, CAS-es (where it
+can) and deletes through it, leaving one key behind; then `kho exec`
+upgrades the server in place, every key left behind must still read back,
+and every client runs again on the new image:
+
+  pymemcache, python-memcached, pylibmc (libmemcached), Perl's
+  Cache::Memcached::Fast, PHP's memcached extension, nginx's
+  memcached_pass serving a page straight from the cache, and the
+  libmemcached tools (memccp, memccat, memcrm, memcstat, memcflush,
+  memccapable, memcslap).
+
+A client that is not installed is reported as `skip NAME: reason` and is
+counted as skipped, never as passed. Prints `N passed, M failed, K skipped`
+last; exits non-zero on any failure.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "cache"))
+import test_upgrade  # noqa: E402  (its Service starts and upgrades kho-cache)
+from harness import free_port  # noqa: E402
+
+TOOL_TIMEOUT = 60
+
+
+class Skip(Exception):
+    """The client cannot run here; the message says why."""
+
+
+def run(argv, **kw):
+    """Runs a client program; raises with its output if it fails."""
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, **kw)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {out.returncode}:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def need_module(name, package):
+    try:
+        return __import__(name)
+    except ImportError as e:
+        raise Skip(f"Python module {name} not importable ({e}); install {package}")
+
+
+def need_program(name, package):
+    path = shutil.which(name)
+    if path is None:
+        raise Skip(f"{name} not on PATH; install {package}")
+    return path
+
+
+def raw_get(port, key):
+    """The value of key read with a bare socket, or None: the oracle the
+    clients' results are checked against."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"get {key}\r\n".encode())
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise AssertionError("server closed the connection")
+            data += chunk
+    if data == b"END\r\n":
+        return None
+    header, rest = data.split(b"\r\n", 1)
+    length = int(header.split()[3])
+    return rest[:length]
+
+
+# Each client function runs one round under `prefix` and returns the key it
+# left behind with its expected value.
+
+
+def client_pymemcache(port, prefix):
+    base = need_module("pymemcache.client.base", "pip pymemcache")
+    c = base.Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+    try:
+        key = f"{prefix}:pymemcache"
+        assert c.set(key, b"v1")
+        assert c.get(key) == b"v1"
+        value, unique = c.gets(key)
+        assert value == b"v1"
+        assert c.cas(key, b"v2", unique) is True
+        assert c.cas(key, b"v3", unique) is False, "cas with a stale unique succeeded"
+        assert c.get(key) == b"v2"
+        assert c.delete(key) is True
+        assert c.get(key) is None
+        kept = f"{prefix}:pymemcache:kept"
+        assert c.set(kept, b"kept-pymemcache")
+        return kept, b"kept-pymemcache"
+    finally:
+        c.close()
+
+
+def client_python_memcached(port, prefix):
+    memcache = need_module("memcache", "pip python-memcached")
+    c = memcache.Client([f"127.0.0.1:{port}"], cache_cas=True, socket_timeout=10)
+    try:
+        key = f"{prefix}:python-memcached"
+        assert c.set(key, "v1")
+        assert c.gets(key) == "v1"
+        assert c.cas(key, "v2"), "cas with the current unique failed"
+        c.cas_ids[key] = c.cas_ids.get(key, 0)  # still the stale unique
+        assert not c.cas(key, "v3"), "cas with a stale unique succeeded"
+        assert c.get(key) == "v2"
+        assert c.delete(key)
+        assert c.get(key) is None
+        kept = f"{prefix}:python-memcached:kept"
+        assert c.set(kept, "kept-python-memcached")
+        return kept, b"kept-python-memcached"
+    finally:
+        c.disconnect_all()
+
+
+def client_pylibmc(port, prefix):
+    pylibmc = need_module("pylibmc", "pip pylibmc (needs libmemcached-dev)")
+    c = pylibmc.Client([f"127.0.0.1:{port}"], behaviors={"cas": True})
+    try:
+        key = f"{prefix}:pylibmc"
+        assert c.set(key, b"v1")
+        value, unique = c.gets(key)
+        assert value == b"v1"
+        assert c.cas(key, b"v2", unique)
+        assert not c.cas(key, b"v3", unique), "cas with a stale unique succeeded"
+        assert c.get(key) == b"v2"
+        assert c.delete(key)
+        assert c.get(key) is None
+        kept = f"{prefix}:pylibmc:kept"
+        assert c.set(kept, b"kept-pylibmc")
+        return kept, b"kept-pylibmc"
+    finally:
+        c.disconnect_all()
+
+
+def client_perl_fast(port, prefix):
+    need_program("perl", "perl")
+    probe = subprocess.run(["perl", "-MCache::Memcached::Fast", "-e", "1"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise Skip("Perl module Cache::Memcached::Fast missing; install libcache-memcached-fast-perl")
+    out = run(["perl", os.path.join(HERE, "client_fast.pl"), f"127.0.0.1:{port}", prefix])
+    assert out.strip() == "ok", out
+    return f"{prefix}:perl:kept", b"kept"
+
+
+def client_php_memcached(port, prefix):
+    php = need_program("php", "php-cli")
+    probe = subprocess.run([php, "-r", "exit(class_exists('Memcached') ? 0 : 1);"], capture_output=True)
+    if probe.returncode != 0:
+        raise Skip("PHP class Memcached missing; install php-memcached")
+    out = run([php, os.path.join(HERE, "client_memcached.php"), "127.0.0.1", str(port), prefix])
+    assert out.strip() == "ok", out
+    return f"{prefix}:php:kept", b"kept"
+
+
+NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{http_port};
+        location /page/ {{
+            set $memcached_key "$uri";
+            memcached_pass 127.0.0.1:{cache_port};
+            default_type text/html;
+        }}
+    }}
+}}
+"""
+
+
+def client_nginx(port, prefix):
+    """nginx serves /page/X straight from the cache key /page/X
+    (memcached_pass), and answers 404 once the key is deleted."""
+    nginx = need_program("nginx", "nginx")
+    base = need_module("pymemcache.client.base", "pip pymemcache")
+    work = tempfile.mkdtemp(prefix="kho-nginx-")
+    http_port = free_port()
+    with open(os.path.join(work, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(dir=work, http_port=http_port, cache_port=port))
+    proc = subprocess.Popen([nginx, "-p", work, "-c", os.path.join(work, "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    c = base.Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+    try:
+        wait_listening(http_port, proc)
+        key = f"/page/{prefix}"
+        page = f"<h1>served from kho-cache ({prefix})</h1>".encode()
+        assert c.set(key, page)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{key}", timeout=10) as r:
+            assert r.status == 200 and r.read() == page
+        assert c.delete(key)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}{key}", timeout=10)
+            raise AssertionError("nginx served a deleted key")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404, e.code
+        kept = f"/page/{prefix}:kept"
+        assert c.set(kept, b"kept-nginx")
+        return kept, b"kept-nginx"
+    finally:
+        c.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_listening(port, proc):
+    """Connects until nginx accepts (it binds before serving); fails at once
+    if nginx exited."""
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"nginx exited {proc.returncode}: {proc.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "nginx did not start listening"
+            time.sleep(0.02)
+
+
+def tool(name):
+    """Debian ships the libmemcached tools as memcX; others as X."""
+    for candidate in (name, name[4:] if name.startswith("memc") else "memc" + name):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    raise Skip(f"{name} not on PATH; install libmemcached-tools")
+
+
+def client_libmemcached_tools(port, prefix):
+    servers = f"--servers=127.0.0.1:{port}"
+    work = tempfile.mkdtemp(prefix="kho-memcp-")
+    try:
+        name = f"{prefix}-file"
+        path = os.path.join(work, name)
+        with open(path, "wb") as f:
+            f.write(b"copied by memccp\n")
+        run([tool("memccp"), servers, path])
+        assert raw_get(port, name) == b"copied by memccp\n"
+        assert run([tool("memccat"), servers, name]) == "copied by memccp\n"
+        run([tool("memcrm"), servers, name])
+        assert raw_get(port, name) is None
+        stats = run([tool("memcstat"), servers])
+        assert "curr_items" in stats and "pid" in stats, stats
+        run([tool("memccapable"), "-h", "127.0.0.1", "-p", str(port), "-a"])
+        run([tool("memcslap"), servers, "--concurrency=2", "--execute-number=200",
+             "--test=set"])
+        run([tool("memcslap"), servers, "--concurrency=2", "--execute-number=200",
+             "--test=get"])
+        run([tool("memcflush"), servers])
+        kept = f"{prefix}-kept"
+        path = os.path.join(work, kept)
+        with open(path, "wb") as f:
+            f.write(b"kept-tools")
+        run([tool("memccp"), servers, path])
+        return kept, b"kept-tools"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# memcflush empties the cache, so the tools run first in each round.
+CLIENTS = [
+    ("libmemcached-tools", client_libmemcached_tools),
+    ("pymemcache", client_pymemcache),
+    ("python-memcached", client_python_memcached),
+    ("pylibmc", client_pylibmc),
+    ("perl Cache::Memcached::Fast", client_perl_fast),
+    ("php memcached", client_php_memcached),
+    ("nginx memcached_pass", client_nginx),
+]
+
+
+class Tally:
+    def __init__(self):
+        self.passed = self.failed = self.skipped = 0
+
+    def attempt(self, label, fn, *args):
+        try:
+            result = fn(*args)
+        except Skip as e:
+            self.skipped += 1
+            print(f"skip {label}: {e}")
+            return None
+        except Exception as e:  # a failing client: report it and go on
+            self.failed += 1
+            print(f"FAIL {label}: {type(e).__name__}: {e}")
+            return None
+        self.passed += 1
+        print(f"ok   {label}")
+        sys.stdout.flush()
+        return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True, help="path to the kho-cache binary")
+    parser.add_argument("--kho", required=True, help="path to the kho binary")
+    args = parser.parse_args()
+    test_upgrade.SERVER = os.path.abspath(args.server)
+    test_upgrade.KHO = os.path.abspath(args.kho)
+    tally = Tally()
+    svc = test_upgrade.Service("clients").start()
+    try:
+        kept = {}
+        for name, fn in CLIENTS:
+            left = tally.attempt(f"{name} before upgrade", fn, svc.port, "before")
+            if left:
+                kept[name] = left
+        tally.attempt("kho exec in place", svc.upgrade, False)
+        for name, (key, value) in kept.items():
+            tally.attempt(f"{name}'s key survives the upgrade", check_kept, svc.port, key, value)
+        for name, fn in CLIENTS:
+            tally.attempt(f"{name} after upgrade", fn, svc.port, "after")
+    finally:
+        svc.stop()
+    print(f"{tally.passed} passed, {tally.failed} failed, {tally.skipped} skipped")
+    return 1 if tally.failed else 0
+
+
+def check_kept(port, key, value):
+    got = raw_get(port, key)
+    assert got == value, f"{key}: {got!r} != {value!r}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
