@@ -135,9 +135,15 @@ static size_t reply_length(const char *p, size_t n, int *hit, int *error) {
     size_t line = eol - p + 2;
     *hit = 0; *error = 0;
     if (!strncmp(p, "VALUE ", 6)) {
-        long flags, bytes;
-        char key[256];
-        if (sscanf(p, "VALUE %255s %ld %ld", key, &flags, &bytes) != 3) { *error = 2; return line; }
+        /* Parsed by hand, not with sscanf: glibc's sscanf takes strlen of
+         * the whole (unterminated) buffer first, which made every pipelined
+         * reply cost O(buffer) and the client the bottleneck. */
+        const char *key_end = memchr(p + 6, ' ', line - 6);
+        const char *flags_end = key_end ? memchr(key_end + 1, ' ', eol - key_end - 1) : NULL;
+        if (!flags_end) { *error = 2; return line; }
+        char *bytes_end;
+        long bytes = strtol(flags_end + 1, &bytes_end, 10);
+        if (bytes_end != eol || bytes < 0) { *error = 2; return line; }
         size_t total = line + bytes + 2 + 5; /* data, CRLF, END\r\n */
         if (n < total) return 0;
         *hit = 1;
