@@ -258,12 +258,15 @@ def client_libmemcached_tools(port, prefix):
         with open(path, "wb") as f:
             f.write(b"copied by memccp\n")
         run([tool("memccp"), servers, path])
-        assert raw_get(port, name) == b"copied by memccp\n"
-        assert run([tool("memccat"), servers, name]) == "copied by memccp\n"
+        stored = raw_get(port, name)
+        assert stored == b"copied by memccp\n", f"memccp stored {stored!r}"
+        # memccat ends what it prints with a newline of its own.
+        printed = run([tool("memccat"), servers, name])
+        assert printed == "copied by memccp\n\n", f"memccat printed {printed!r}"
         run([tool("memcrm"), servers, name])
-        assert raw_get(port, name) is None
+        assert raw_get(port, name) is None, "memcrm left the key"
         stats = run([tool("memcstat"), servers])
-        assert "curr_items" in stats and "pid" in stats, stats
+        assert "curr_items" in stats and "pid" in stats, f"memcstat printed {stats!r}"
         run([tool("memccapable"), "-h", "127.0.0.1", "-p", str(port), "-a"])
         run([tool("memcslap"), servers, "--concurrency=2", "--execute-number=200",
              "--test=set"])
