@@ -5,8 +5,9 @@ before and after a live upgrade.
 One kho-cache with a FUSE control mount (Tests/cache/test_upgrade.py's
 Service) serves every client. Each client stores, reads, CAS-es (where it
 can) and deletes through it, leaving one key behind; then `kho exec`
-upgrades the server in place, every key left behind must still read back,
-and every client runs again on the new image:
+upgrades the server, in place and then overlapped. After each upgrade every
+key left behind must still read back, a CAS unique read before it must
+still swap, and every client runs again on the new image:
 
   pymemcache, python-memcached, pylibmc (libmemcached), Perl's
   Cache::Memcached::Fast, PHP's memcached extension, nginx's
@@ -326,20 +327,60 @@ def main():
     tally = Tally()
     svc = test_upgrade.Service("clients").start()
     try:
-        kept = {}
-        for name, fn in CLIENTS:
-            left = tally.attempt(f"{name} before upgrade", fn, svc.port, "before")
-            if left:
-                kept[name] = left
-        tally.attempt("kho exec in place", svc.upgrade, False)
-        for name, (key, value) in kept.items():
-            tally.attempt(f"{name}'s key survives the upgrade", check_kept, svc.port, key, value)
-        for name, fn in CLIENTS:
-            tally.attempt(f"{name} after upgrade", fn, svc.port, "after")
+        kept = run_round(tally, svc.port, "before")
+        for mode, overlapped in (("in place", False), ("overlapped", True)):
+            unique = tally.attempt(f"pymemcache gets before the {mode} upgrade", gets_unique, svc.port, mode)
+            tally.attempt(f"kho exec {mode}", svc.upgrade, overlapped)
+            for name, (key, value) in kept.items():
+                tally.attempt(f"{name}'s key survives the {mode} upgrade", check_kept, svc.port, key, value)
+            if unique is not None:
+                tally.attempt(f"a CAS unique from before the {mode} upgrade still swaps", cas_with,
+                              svc.port, mode, unique)
+            kept = run_round(tally, svc.port, f"after {mode}")
     finally:
         svc.stop()
     print(f"{tally.passed} passed, {tally.failed} failed, {tally.skipped} skipped")
     return 1 if tally.failed else 0
+
+
+def run_round(tally, port, phase):
+    """Every client once; returns {client: (key, value)} of the keys they
+    left behind."""
+    kept = {}
+    prefix = phase.replace(" ", "-")
+    for name, fn in CLIENTS:
+        left = tally.attempt(f"{name} {phase} upgrade" if phase == "before" else f"{name} {phase}",
+                             fn, port, prefix)
+        if left:
+            kept[name] = left
+    return kept
+
+
+def pymemcache_client(port):
+    base = need_module("pymemcache.client.base", "pip pymemcache")
+    return base.Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+
+
+def gets_unique(port, mode):
+    c = pymemcache_client(port)
+    try:
+        key = f"cas-across:{mode.replace(' ', '-')}"
+        assert c.set(key, b"old")
+        value, unique = c.gets(key)
+        assert value == b"old"
+        return unique
+    finally:
+        c.close()
+
+
+def cas_with(port, mode, unique):
+    c = pymemcache_client(port)
+    try:
+        key = f"cas-across:{mode.replace(' ', '-')}"
+        assert c.cas(key, b"new", unique) is True, "the unique did not survive"
+        assert c.get(key) == b"new"
+    finally:
+        c.close()
 
 
 def check_kept(port, key, value):
