@@ -324,6 +324,10 @@ def main():
     args = parser.parse_args()
     test_upgrade.SERVER = os.path.abspath(args.server)
     test_upgrade.KHO = os.path.abspath(args.kho)
+    for path in (test_upgrade.SERVER, test_upgrade.KHO):
+        if not os.access(path, os.X_OK):
+            print(f"not executable: {path} (build it with `swift build`)")
+            return 2
     tally = Tally()
     svc = test_upgrade.Service("clients").start()
     try:
