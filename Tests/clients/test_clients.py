@@ -7,7 +7,9 @@ Service) serves every client. Each client stores, reads, CAS-es (where it
 can) and deletes through it, leaving one key behind; then `kho exec`
 upgrades the server, in place and then overlapped. After each upgrade every
 key left behind must still read back, a CAS unique read before it must
-still swap, and every client runs again on the new image:
+still swap, an nginx started before the upgrades still serves a page
+stored before each one from the new image, and every client runs again on
+the new image:
 
   pymemcache, python-memcached, pylibmc (libmemcached), Perl's
   Cache::Memcached::Fast, PHP's memcached extension, nginx's
@@ -191,39 +193,66 @@ http {{
 """
 
 
+class Nginx:
+    """One nginx, not a daemon, with its own prefix and config in a temp dir,
+    serving /page/X from the cache key /page/X on a free port."""
+
+    def __init__(self, cache_port):
+        binary = need_program("nginx", "nginx")
+        self.work = tempfile.mkdtemp(prefix="kho-nginx-")
+        self.port = free_port()
+        conf = os.path.join(self.work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.work, http_port=self.port, cache_port=cache_port))
+        self.proc = subprocess.Popen([binary, "-p", self.work, "-c", conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_listening(self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def page(self, path):
+        """(status, body) of GET path."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, b""
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def client_nginx(port, prefix):
     """nginx serves /page/X straight from the cache key /page/X
     (memcached_pass), and answers 404 once the key is deleted."""
-    nginx = need_program("nginx", "nginx")
-    base = need_module("pymemcache.client.base", "pip pymemcache")
-    work = tempfile.mkdtemp(prefix="kho-nginx-")
-    http_port = free_port()
-    with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(dir=work, http_port=http_port, cache_port=port))
-    proc = subprocess.Popen([nginx, "-p", work, "-c", os.path.join(work, "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    c = base.Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+    nginx = Nginx(port)
+    c = pymemcache_client(port)
     try:
-        wait_listening(http_port, proc)
         key = f"/page/{prefix}"
         page = f"<h1>served from kho-cache ({prefix})</h1>".encode()
         assert c.set(key, page)
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{key}", timeout=10) as r:
-            assert r.status == 200 and r.read() == page
+        assert nginx.page(key) == (200, page), nginx.page(key)
         assert c.delete(key)
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}{key}", timeout=10)
-            raise AssertionError("nginx served a deleted key")
-        except urllib.error.HTTPError as e:
-            assert e.code == 404, e.code
+        status, _ = nginx.page(key)
+        assert status == 404, f"nginx answered {status} for a deleted key"
         kept = f"/page/{prefix}:kept"
         assert c.set(kept, b"kept-nginx")
         return kept, b"kept-nginx"
     finally:
         c.close()
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
+        nginx.stop()
+
+
+def serves_across(nginx, mode):
+    """The nginx started before the upgrades still serves the page stored
+    before this one, now from the new image."""
+    status, body = nginx.page("/page/across-upgrades")
+    assert (status, body) == (200, b"stored before the upgrades"), \
+        f"after the {mode} upgrade nginx answered {status} {body!r}"
 
 
 def wait_listening(port, proc):
@@ -330,18 +359,27 @@ def main():
             return 2
     tally = Tally()
     svc = test_upgrade.Service("clients").start()
+    nginx = None
     try:
         kept = run_round(tally, svc.port, "before")
+        nginx = tally.attempt("nginx started before the upgrades", Nginx, svc.port)
         for mode, overlapped in (("in place", False), ("overlapped", True)):
             unique = tally.attempt(f"pymemcache gets before the {mode} upgrade", gets_unique, svc.port, mode)
+            if nginx is not None:
+                store_page_across(svc.port)
             tally.attempt(f"kho exec {mode}", svc.upgrade, overlapped)
             for name, (key, value) in kept.items():
                 tally.attempt(f"{name}'s key survives the {mode} upgrade", check_kept, svc.port, key, value)
+            if nginx is not None:
+                tally.attempt(f"nginx serves a page stored before the {mode} upgrade", serves_across,
+                              nginx, mode)
             if unique is not None:
                 tally.attempt(f"a CAS unique from before the {mode} upgrade still swaps", cas_with,
                               svc.port, mode, unique)
             kept = run_round(tally, svc.port, f"after {mode}")
     finally:
+        if nginx is not None:
+            nginx.stop()
         svc.stop()
     print(f"{tally.passed} passed, {tally.failed} failed, {tally.skipped} skipped")
     return 1 if tally.failed else 0
@@ -363,6 +401,16 @@ def run_round(tally, port, phase):
 def pymemcache_client(port):
     base = need_module("pymemcache.client.base", "pip pymemcache")
     return base.Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+
+
+def store_page_across(port):
+    """The page the long-lived nginx must serve after the next upgrade (set
+    again before each: the tools' memcflush in each round empties the cache)."""
+    c = pymemcache_client(port)
+    try:
+        assert c.set("/page/across-upgrades", b"stored before the upgrades")
+    finally:
+        c.close()
 
 
 def gets_unique(port, mode):
