@@ -5,7 +5,7 @@ SWIFT ?= swift
 PYTHON ?= python3
 KHO := .build/debug/kho
 
-.PHONY: all deps build demo demo-dt test bench bench-upgrade bench-memcslap bench-throughput fuzz format clean
+.PHONY: all deps build demo demo-dt test bench bench-upgrade bench-memcslap fuzz format clean
 
 all: build
 
@@ -30,6 +30,7 @@ test: build
 	$(SWIFT) test
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
@@ -37,7 +38,6 @@ test: build
 	$(PYTHON) Tests/cli/test_run.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_crash.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/deploy/test_units.sh .build/debug
-	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
 
 bench: deps
 	$(SWIFT) run -c release fdt-bench
@@ -65,6 +65,7 @@ bench-memcslap: deps
 
 # kho-cache beside memcached under the project's C load generator
 # (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.
+.PHONY: bench-throughput
 bench-throughput: deps
 	$(SWIFT) build -c release --product kho-cache
 	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache
