@@ -47,6 +47,13 @@ bench-upgrade: deps
 	$(SWIFT) build -c release --product kho
 	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
 
+# kho-cache beside memcached under the project's C load generator
+# (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.
+.PHONY: bench-throughput
+bench-throughput: deps
+	$(SWIFT) build -c release --product kho-cache
+	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache
+
 # Every libFuzzer target (FUZZ_TARGET=fdt|memcache|fuse for one), each for
 # FUZZ_TIME seconds.
 fuzz: deps
@@ -62,10 +69,3 @@ clean:
 bench-memcslap: deps
 	$(SWIFT) build -c release --product kho-cache
 	$(PYTHON) Scripts/bench_memcslap.py --kho-cache kho-cache=.build/release/kho-cache
-
-# kho-cache beside memcached under the project's C load generator
-# (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.
-.PHONY: bench-throughput
-bench-throughput: deps
-	$(SWIFT) build -c release --product kho-cache
-	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache
