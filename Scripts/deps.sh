@@ -43,9 +43,13 @@ for p in "${pip_packages[@]}"; do
   module=$p
   [ "$p" = pylibfdt ] && module=libfdt
   [ "$p" = python-memcached ] && module=memcache
+  # pylibmc from source, so that it is built against Debian's libmemcached
+  # (libmemcached-dev) rather than the copy its binary wheel bundles.
+  from_source=()
+  [ "$p" = pylibmc ] && from_source=(--no-binary pylibmc)
   if ! "$python" -c "import $module" 2>/dev/null; then
     echo "deps: pip installing $p"
-    "$python" -m pip install -q "$p" 2>&1 | grep -v "Running pip as the 'root' user" || true
+    "$python" -m pip install -q "${from_source[@]}" "$p" 2>&1 | grep -v "Running pip as the 'root' user" || true
     "$python" -c "import $module"
   fi
 done
