@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -338,7 +340,10 @@ class Tally:
             return None
         except Exception as e:  # a failing client: report it and go on
             self.failed += 1
-            print(f"FAIL {label}: {type(e).__name__}: {e}")
+            # The failing line too: many checks are bare asserts.
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            print(f"FAIL {label}: {type(e).__name__}: {e}\n     at {os.path.basename(where.filename)}:"
+                  f"{where.lineno}: {where.line}")
             return None
         self.passed += 1
         print(f"ok   {label}")
