@@ -118,9 +118,9 @@ def client_python_memcached(port, prefix):
         assert c.set(key, "v1")
         assert c.gets(key) == "v1"
         assert c.cas(key, "v2"), "cas with the current unique failed"
-        # python-memcached keeps the unique gets returned: now a stale one
-        # (without one, its cas would fall back to a plain set).
-        assert key in c.cas_ids, "python-memcached dropped the unique"
+        # python-memcached keeps the unique gets returned (keyed by the encoded
+        # key), now a stale one; without one its cas would be a plain set.
+        assert key.encode() in c.cas_ids, "python-memcached holds no unique"
         assert not c.cas(key, "v3"), "cas with a stale unique succeeded"
         assert c.get(key) == "v2"
         assert c.delete(key)
