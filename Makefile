@@ -30,6 +30,7 @@ test: build
 	$(SWIFT) test
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
@@ -48,6 +49,13 @@ bench-upgrade: deps
 	$(SWIFT) build -c release --product kho-cache
 	$(SWIFT) build -c release --product kho
 	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
+
+# kho-cache beside memcached under the project's C load generator
+# (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.
+.PHONY: bench-throughput
+bench-throughput: deps
+	$(SWIFT) build -c release --product kho-cache
+	$(PYTHON) Scripts/bench_throughput.py --kho-cache .build/release/kho-cache
 
 # Every libFuzzer target (FUZZ_TARGET=fdt|memcache|fuse for one), each for
 # FUZZ_TIME seconds.

@@ -5,7 +5,10 @@ set -euo pipefail
 
 apt_packages=(device-tree-compiler libfdt-dev libfuse3-dev fuse3 pkg-config
   memcached libmemcached-tools swig python3-dev systemd wrk)
-pip_packages=(pylibfdt pymemcache)
+# The client matrix (Tests/clients) and the C load generator (issue 14).
+apt_packages+=(libmemcached-dev libcache-memcached-fast-perl php-cli php-memcached
+  nginx-light curl gcc)
+pip_packages=(pylibfdt pymemcache python-memcached pylibmc)
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -39,9 +42,14 @@ python=${PYTHON:-python3}
 for p in "${pip_packages[@]}"; do
   module=$p
   [ "$p" = pylibfdt ] && module=libfdt
+  [ "$p" = python-memcached ] && module=memcache
+  # pylibmc from source, so that it is built against Debian's libmemcached
+  # (libmemcached-dev) rather than the copy its binary wheel bundles.
+  from_source=()
+  [ "$p" = pylibmc ] && from_source=(--no-binary pylibmc)
   if ! "$python" -c "import $module" 2>/dev/null; then
     echo "deps: pip installing $p"
-    "$python" -m pip install -q "$p" 2>&1 | grep -v "Running pip as the 'root' user" || true
+    "$python" -m pip install -q "${from_source[@]}" "$p" 2>&1 | grep -v "Running pip as the 'root' user" || true
     "$python" -c "import $module"
   fi
 done
