@@ -20,12 +20,14 @@ public protocol ArenaFixedWidth: ArenaCodable, BitwiseCopyable {}
 
 extension ArenaFixedWidth {
   /// The value's own bytes.
-  public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+  @inlinable public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows
+    -> R
+  {
     try withUnsafeBytes(of: self) { try body($0) }
   }
 
   /// The value, when `arenaBytes` has exactly its size.
-  public init?(arenaBytes: UnsafeRawBufferPointer) {
+  @inlinable public init?(arenaBytes: UnsafeRawBufferPointer) {
     guard arenaBytes.count == MemoryLayout<Self>.size else { return nil }
     self = arenaBytes.loadUnaligned(as: Self.self)
   }
@@ -43,17 +45,21 @@ extension Double: ArenaFixedWidth {}
 
 extension Array: ArenaCodable where Element == UInt8 {
   /// The array's bytes.
-  public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+  @inlinable public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows
+    -> R
+  {
     try withUnsafeBytes { try body($0) }
   }
 
   /// A copy of `arenaBytes`.
-  public init?(arenaBytes: UnsafeRawBufferPointer) { self.init(arenaBytes) }
+  @inlinable public init?(arenaBytes: UnsafeRawBufferPointer) { self.init(arenaBytes) }
 }
 
 extension String: ArenaCodable {
   /// The string's UTF-8.
-  public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+  @inlinable public func withArenaBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows
+    -> R
+  {
     if let result = try utf8.withContiguousStorageIfAvailable({
       try body(UnsafeRawBufferPointer($0))
     }) {
@@ -63,7 +69,7 @@ extension String: ArenaCodable {
   }
 
   /// The string, when `arenaBytes` are valid UTF-8.
-  public init?(arenaBytes: UnsafeRawBufferPointer) {
+  @inlinable public init?(arenaBytes: UnsafeRawBufferPointer) {
     self.init(validating: arenaBytes.bindMemory(to: UInt8.self), as: UTF8.self)
   }
 }

@@ -278,16 +278,17 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
 
   /// Calls `body` with the bytes of the value for `key`, or returns `nil`
   /// when there is none; the entry becomes the most recently used.
+  @inlinable
   public func withValueBytes<R>(
     forKey key: Key, _ body: (UnsafeRawBufferPointer) throws -> R
   ) rethrows -> R? {
-    guard let at = key.withArenaBytes({ find($0, hash: hash($0)) }) else { return nil }
-    touch(at)
-    return try body(region.bytes(at + Self.entryHeader + keyLength(at), valueLength(at)))
+    guard let bytes = key.withArenaBytes({ valueBytes(forKeyBytes: $0) }) else { return nil }
+    return try body(bytes)
   }
 
   /// Calls `body` with a span over the value's bytes for `key`, or returns
   /// `nil` when there is none.
+  @inlinable
   public func withValueSpan<R>(forKey key: Key, _ body: (RawSpan) throws -> R) rethrows -> R? {
     try withValueBytes(forKey: key) { bytes in try body(bytes.bytes) }
   }
@@ -295,6 +296,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// The value for `key`, or `nil`. Setting `nil` removes the entry.
   /// A set that does not fit even after evicting is dropped (see
   /// ``set(_:_:expiresAt:)`` for one that reports it).
+  @inlinable
   public subscript(key: Key) -> Value? {
     get { withValueBytes(forKey: key) { Value(arenaBytes: $0) } ?? nil }
     set {
@@ -303,13 +305,37 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   /// Whether the map holds `key`.
+  @inlinable
   public func contains(_ key: Key) -> Bool {
-    key.withArenaBytes { find($0, hash: hash($0)) } != nil
+    key.withArenaBytes { entry(forKeyBytes: $0) } != nil
   }
 
   /// The expiry of `key` (seconds on the wall clock, 0 for none).
+  @inlinable
   public func expiry(forKey key: Key) -> UInt64? {
-    guard let at = key.withArenaBytes({ find($0, hash: hash($0)) }) else { return nil }
+    key.withArenaBytes { expiry(forKeyBytes: $0) }
+  }
+
+  // The non-generic halves of the generic entry points above: callers in
+  // other modules specialise the key's and value's encoding inline and
+  // call these with bytes.
+
+  /// The entry for a key's bytes, if the map holds it.
+  @usableFromInline
+  func entry(forKeyBytes key: UnsafeRawBufferPointer) -> Int? { find(key, hash: hash(key)) }
+
+  /// The value's bytes for a key's bytes, the entry made most recent.
+  @usableFromInline
+  func valueBytes(forKeyBytes key: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+    guard let at = find(key, hash: hash(key)) else { return nil }
+    touch(at)
+    return region.bytes(at + Self.entryHeader + keyLength(at), valueLength(at))
+  }
+
+  /// The expiry for a key's bytes.
+  @usableFromInline
+  func expiry(forKeyBytes key: UnsafeRawBufferPointer) -> UInt64? {
+    guard let at = find(key, hash: hash(key)) else { return nil }
     return region.load64(at + 32)
   }
 
@@ -326,6 +352,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// Stores `value` for `key`, replacing what was there; `expiresAt` (wall
   /// clock seconds, 0 for never) makes it expire. Evicts least recently
   /// used entries when the region is full.
+  @inlinable
   public func set(_ key: Key, _ value: Value, expiresAt: UInt64 = 0) throws(SetError) {
     let result: Result<Void, SetError> = key.withArenaBytes { keyBytes in
       value.withArenaBytes { valueBytes in
@@ -335,7 +362,8 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     try result.get()
   }
 
-  private func insert(
+  @usableFromInline
+  func insert(
     _ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, expiresAt: UInt64
   ) throws(SetError) {
     let h = hash(key)
@@ -362,13 +390,18 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   /// Removes `key`'s entry; returns whether there was one.
-  @discardableResult public func removeValue(forKey key: Key) -> Bool {
-    key.withArenaBytes { bytes -> Bool in
-      let h = hash(bytes)
-      guard let at = find(bytes, hash: h) else { return false }
-      remove(at, hash: h)
-      return true
-    }
+  @inlinable @discardableResult
+  public func removeValue(forKey key: Key) -> Bool {
+    key.withArenaBytes { removeValue(forKeyBytes: $0) }
+  }
+
+  /// Removes the entry for a key's bytes; whether there was one.
+  @usableFromInline
+  func removeValue(forKeyBytes bytes: UnsafeRawBufferPointer) -> Bool {
+    let h = hash(bytes)
+    guard let at = find(bytes, hash: h) else { return false }
+    remove(at, hash: h)
+    return true
   }
 
   /// Removes every entry (the layout stays, the heap is reset).
