@@ -32,6 +32,8 @@ extension MemcacheHandler {
       outcome = stats(line, tokens)
     case UInt8(ascii: "s") where command.equals("shutdown"):
       outcome = reply("ERROR: shutdown not enabled")
+    case UInt8(ascii: "m") where command.count == 2:
+      outcome = executeMeta(command[1], line, tokens)
     case UInt8(ascii: "a") where command.equals("add"):
       outcome = n == 6 || n == 7 ? parseStore(.add, line, tokens) : reply("ERROR")
     case UInt8(ascii: "a") where command.equals("append"):
@@ -216,6 +218,7 @@ extension MemcacheHandler {
   /// The data block of `pending` has arrived (or not yet): store it.
   func completeStore() -> Outcome {
     let command = pending!
+    if let meta = command.meta { return completeMetaStore(command, meta) }
     guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
     let result = input!.withUnsafeReadableBytes { bytes in
       Result { () throws(CacheOperationError) -> String in

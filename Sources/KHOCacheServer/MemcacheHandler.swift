@@ -353,4 +353,6 @@ struct PendingStore {
   var exptime: Int64
   var length: Int
   var noreply: Bool
+  /// An `ms`: how to word its reply (MetaCommands.swift).
+  var meta: PendingMetaStore? = nil
 }

@@ -84,6 +84,10 @@ enum ItemField {
   static let keyLength = 52  // u8
   static let classId = 53  // u8
   static let itemFlags = 54  // u8
+  // u8: the meta protocol's item bits (`fetched`, `tokenSent`, `stale`,
+  // `binaryKey` below). Added within format 2: byte 55 was always written
+  // 0, so 0 means "none of them", which is what an older image saw.
+  static let metaFlags = 55
   // u32: CRC-32C of flags and value length (40..<48), the key length (52),
   // the key and the value; written when the item is filled, checked before
   // its bytes are served (format 2).
@@ -95,6 +99,16 @@ enum ItemField {
   /// rest. This build keeps the pin in `StoreCore.pinned` instead (a damaged
   /// region could otherwise pin items forever); the bit is ignored.
   static let pinned: UInt8 = 2
+
+  /// memcached's ITEM_FETCHED: read at least once since stored.
+  static let fetched: UInt8 = 1
+  /// memcached's ITEM_TOKEN_SENT: a client was handed the recache win (W).
+  static let tokenSent: UInt8 = 2
+  /// memcached's ITEM_STALE: invalidated by `md I` (or a stale `ms I`).
+  static let stale: UInt8 = 4
+  /// memcached's ITEM_KEY_BINARY: stored with a base64 key (`b`), so the
+  /// key is shown base64-encoded again.
+  static let binaryKey: UInt8 = 8
 }
 
 /// Counters kept in the header, so that they survive a handover.

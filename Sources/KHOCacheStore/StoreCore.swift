@@ -525,6 +525,7 @@ final class StoreCore {
     memory.setU32(item + ItemField.hash, hash)
     memory.setU8(item + ItemField.keyLength, UInt8(key.count))
     memory.setU8(item + ItemField.classId, UInt8(classId))
+    memory.setU8(item + ItemField.metaFlags, 0)
     // Unlinked, it looks like a free chunk: keep a rebuild from taking it.
     building = item
     let keyStart = item + ItemField.headerSize
