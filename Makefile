@@ -30,6 +30,7 @@ test: build
 	$(SWIFT) test
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/cache/test_meta.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
