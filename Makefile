@@ -33,6 +33,7 @@ test: build
 	$(PYTHON) Tests/cache/test_meta.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
+	$(PYTHON) Tests/cache/test_meta_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/cli/test_cli.sh
 	$(PYTHON) Tests/cli/test_run.py --kho $(KHO)
