@@ -230,12 +230,13 @@ extension MemcacheHandler {
       line, tokens, tooLong: "CLIENT_ERROR options flags are too long", flagError: nil)
     guard let flags = parsed else { return early }
     let start = output.writerIndex
-    let mutates = flags.newTTL || flags.vivify || flags.locked
+    // h and l only read; T and N change the item, so they wait out a freeze.
+    let mutates = flags.newTTL || flags.vivify
     do {
       let hit = try flags.key.withUnsafeBytes { key throws(CacheOperationError) in
         try store.metaGet(
           key, vivify: flags.vivify, mutates: mutates, touches: flags.newTTL,
-          noUpdate: flags.noUpdate, binaryKey: flags.binaryKey
+          noUpdate: flags.noUpdate
         ) { item, created -> Bool? in
           guard let item else { return nil }
           return writeHit(item, created: created, line, tokens, flags)
@@ -481,7 +482,7 @@ extension MemcacheHandler {
       Result { () throws(CacheOperationError) -> (MetaOutcome, Bool) in
         try store.metaArithmetic(
           key, increment: increment, delta: flags.delta, compareCas: flags.compareCas,
-          vivify: flags.vivify, initial: flags.initial, binaryKey: flags.binaryKey
+          vivify: flags.vivify, initial: flags.initial
         ) { item, created -> Bool in
           guard let item else { return true }
           return writeArithmeticHit(item, created: created, line, tokens, flags)

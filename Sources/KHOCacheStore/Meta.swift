@@ -156,7 +156,11 @@ extension StoreCore {
         setMetaFlag(item, ItemField.tokenSent)
       }
     }
-    if options.binaryKey { setMetaFlag(item, ItemField.binaryKey) }
+    // memcached marks the item it read the data into; append and prepend
+    // store a fresh copy joined with the old value, unmarked.
+    if options.binaryKey && mode != .append && mode != .prepend {
+      setMetaFlag(item, ItemField.binaryKey)
+    }
     pinned = 0
     replace(old, with: item)
     return (.stored, memory.u64(item + ItemField.cas))
@@ -183,7 +187,6 @@ extension CacheStore {
   /// - Throws: `.frozen` (only when `mutates` or `vivify`), `.badKey`.
   public func metaGet<R>(
     _ key: UnsafeRawBufferPointer, vivify: Bool, mutates: Bool, touches: Bool, noUpdate: Bool,
-    binaryKey: Bool,
     _ body: (MetaItem?, _ created: Bool) -> R
   ) throws(CacheOperationError) -> R {
     if key.isEmpty || key.count > CacheLimits.maxKeyLength { throw .badKey }
@@ -196,7 +199,7 @@ extension CacheStore {
         if let fresh = try? core.makeItem(
           key: key, hash: hash, flags: 0, exptime: 0, valueLength: 0, fill: { _ in })
         {
-          if binaryKey { core.setMetaFlag(fresh, ItemField.binaryKey) }
+          // memcached does not mark a vivified item's key binary (`b`).
           core.replace(0, with: fresh)
           item = fresh
           created = true
@@ -279,7 +282,7 @@ extension CacheStore {
   /// - Throws: `.frozen`, `.badKey`, `.nonNumeric`, `.outOfMemory`.
   public func metaArithmetic<R>(
     _ key: UnsafeRawBufferPointer, increment: Bool, delta: UInt64, compareCas: UInt64,
-    vivify: Bool, initial: UInt64, binaryKey: Bool, _ body: (MetaItem?, _ created: Bool) -> R
+    vivify: Bool, initial: UInt64, _ body: (MetaItem?, _ created: Bool) -> R
   ) throws(CacheOperationError) -> (MetaOutcome, R) {
     try mutating(key) { core throws(CacheOperationError) in
       let hash = keyHash(key)
@@ -302,7 +305,7 @@ extension CacheStore {
       let fresh = try core.makeItem(
         key: key, hash: hash, flags: 0, exptime: 0, valueLength: digits.count
       ) { target in digits.withUnsafeBytes { target.copyMemory(from: $0) } }
-      if binaryKey { core.setMetaFlag(fresh, ItemField.binaryKey) }
+      // As in mg, a created item's key is not marked binary.
       core.replace(0, with: fresh)
       return (.done, body(MetaItem(core: core, item: fresh), true))
     }

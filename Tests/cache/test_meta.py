@@ -257,6 +257,11 @@ def base64_keys():
         b"md Zm9vYmFy b k q\r\nmd Zm9vYmFy b k\r\n",
         b"ma YWJj b N0 k v\r\nma YWJj b k\r\n",
         b"ms Zm9 2 b\r\nhi\r\nms $x 2 b\r\nhi\r\n",
+        # A vivified item's key is not marked binary, nor an appended one's.
+        b"mg YmFy b N30 k v\r\nmg YmFy b k v\r\nme YmFy b\r\n",
+        b"ma Y291bnQ= b N0 k\r\nmg Y291bnQ= b k\r\n",
+        b"ms YXBw b 1\r\nx\r\nms YXBw 1 b MA k\r\ny\r\nmg YXBw b k v\r\n",
+        b"ms YXBw 1 b k c MP\r\nz\r\nms YXBw 1 b MS\r\nw\r\nmg YXBw b k v\r\n",
     ], b"b6")
 
 
