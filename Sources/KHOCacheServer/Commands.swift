@@ -31,7 +31,7 @@ extension MemcacheHandler {
     case UInt8(ascii: "s") where command.equals("stats"):
       outcome = stats(line, tokens)
     case UInt8(ascii: "s") where command.equals("shutdown"):
-      outcome = reply("ERROR: shutdown not enabled")
+      outcome = shutdown(line, tokens)
     case UInt8(ascii: "m") where command.count == 2:
       outcome = executeMeta(command[1], line, tokens)
     case UInt8(ascii: "a") where command.equals("add"):
@@ -40,6 +40,8 @@ extension MemcacheHandler {
       outcome = n == 6 || n == 7 ? parseStore(.append, line, tokens) : reply("ERROR")
     case UInt8(ascii: "c") where command.equals("cas"):
       outcome = n == 7 || n == 8 ? parseStore(.cas(0), line, tokens) : reply("ERROR")
+    case UInt8(ascii: "c") where command.equals("cache_memlimit"):
+      outcome = n == 3 || n == 4 ? cacheMemlimit(line, tokens) : reply("ERROR")
     case UInt8(ascii: "i") where command.equals("incr"):
       outcome = n == 4 || n == 5 ? arithmetic(line, tokens, increment: true) : reply("ERROR")
     case UInt8(ascii: "d") where command.equals("delete"):
@@ -356,22 +358,11 @@ extension MemcacheHandler {
 
   private func verbosity(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
     let noreply = isNoreply(line, tokens)
-    guard parseUInt32Truncating(line.slice(tokens[1])) != nil else {
+    guard let level = parseUInt32Truncating(line.slice(tokens[1])) else {
       return reply("CLIENT_ERROR bad command line format", noreply: noreply)
     }
+    RuntimeSettings.verbosity.store(Int(level), ordering: .relaxed)
     return reply("OK", noreply: noreply)
-  }
-
-  private func stats(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
-    if tokens.count == 1 {
-      for (name, value) in shared.statsLines() { reply("STAT \(name) \(value)") }
-      return reply("END")
-    }
-    if line.slice(tokens[1]).equals("reset") {
-      store.resetStats()
-      return reply("RESET")
-    }
-    return reply("ERROR")
   }
 }
 

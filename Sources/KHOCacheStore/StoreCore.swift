@@ -371,7 +371,9 @@ final class StoreCore {
     count(.bytes, -totalSize(item))
     switch reason {
     case .removed: break
-    case .evicted: count(.evictions)
+    case .evicted:
+      count(.evictions)
+      countClassEviction(classId)
     case .reclaimed: count(.reclaimed)
     }
     return classId

@@ -67,6 +67,11 @@ struct KHOCacheCommand: ParsableCommand {
   var khoScratch: String?
 
   @Flag(
+    name: [.customShort("A"), .customLong("enable-shutdown")],
+    help: "Let the shutdown command stop the server, as memcached's -A.")
+  var enableShutdown = false
+
+  @Flag(
     name: .customLong("huge-pages"),
     help: "Back the arena with 2 MiB pages (hugetlb if reserved, else transparent huge pages).")
   var hugePages = false
@@ -131,6 +136,9 @@ struct KHOCacheCommand: ParsableCommand {
     configuration.maxConnections = ResourceLimits.fitOpenFileLimit(
       maxConnections: maxConnections, threads: threads)
     configuration.threads = threads
+    configuration.tcpPort = port
+    configuration.listenAddress = listen
+    configuration.shutdownEnabled = enableShutdown
     let context = CacheServerContext(store: store, configuration: configuration)
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
