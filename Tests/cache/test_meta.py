@@ -12,7 +12,9 @@ byte the same, except for what `mask` lists:
   - mg's `l` (seconds since last access: memcached's segmented LRU updates
     it on other hits than kho-cache's once-a-minute bump);
   - mg/ma's `t` and ME's `exp=` may differ by one second: the two servers'
-    clocks tick independently.
+    clocks tick independently; and a `t` of an expiry already past (`T-1`)
+    is 1 minus the server's clock as an unsigned number, which depends on
+    where each clock started.
 
 Each exchange ends with a sentinel `mg` whose answer says the server has
 answered everything before it (no sleeps). An exchange is one batch: in
@@ -22,6 +24,7 @@ rewriting it in place (timing, not protocol), so the cases that look at an
 incremented value read it in a batch of its own. Prints `N passed, M failed` last.
 """
 import argparse
+import base64
 import os
 import random
 import re
@@ -129,6 +132,10 @@ def same(a, b):
             na, nb = NUM.match(ta), NUM.match(tb)
             if na and nb and na.group(1) == nb.group(1) == b"t":
                 if abs(int(na.group(2)) - int(nb.group(2))) <= 1:
+                    continue
+                # An expiry in the past (T-1) prints as 1 minus the clock,
+                # wrapped: the clocks' origins differ.
+                if min(int(na.group(2)), int(nb.group(2))) >= 1 << 31:
                     continue
             ea, eb = ta.split(b"="), tb.split(b"=")
             if ea[0] == eb[0] == b"exp" and abs(int(ea[1]) - int(eb[1])) <= 1:
@@ -287,12 +294,89 @@ def meta_errors():
     ], b"er")
 
 
+# More hand-written cases, one flag and reply code after another (with
+# \n line ends; each is one exchange after a flush_all).
+
+def case(name, text):
+    data = text.replace("\n", "\r\n").encode("latin-1")
+
+    def run():
+        conn = Connection()
+        try:
+            check(conn, b"flush_all\r\n")
+            check(conn, data, name)
+        finally:
+            conn.close()
+
+    run.__name__ = f"case_{name}"
+    suite.test(run)
+
+
+case("mn", "mn\nmn\n")
+case("mg_miss", "mg nokey\nmg nokey v\nmg nokey k O123\nmg nokey q\nmg nokey q k\nmg nokey k v t\n")
+case("mg_hit_flags", "set a 5 0 2\nhi\nmg a\nmg a v\nmg a s v f c k t O9\nmg a h l\nmg a h\n"
+     "mg a k q\nmg a v q\n")
+case("mg_order", "set a 7 100 3\nabc\nmg a O1 k c f s v\nmg a f s c\nmg a t\n")
+case("mg_touch", "set a 0 0 1\nx\nmg a T100 t\nmg a t\nmg a T0 t\nmg a T-1 t\nmg a\n")
+case("mg_no_update", "set a 0 0 1\nx\nmg a u h\nmg a h\nmg a h\nmg a u h\n")
+case("mg_vivify", "mg v1 N30 t\nmg v1 N30 t\nmg v1 v c\nmg v1 s v\nmg v2 N0 v k\nmg v2 N0 v k\n")
+case("mg_recache", "set r 0 100 1\nx\nmg r R30 c\nmg r R200\nmg r R200\nmg r\n"
+     "set r2 0 0 1\nx\nmg r2 R200\n")
+case("mg_errors", "mg\nmg a b c\nmg a vv\nmg a v v\nmg a Tx\nmg a N\nmg a R-\nmg a !\nmg a ~\n"
+     "mg a " + "O" + "x" * 40 + "\n" + "mg " + "k" * 251 + " v\nmg " + "k" * 250 + " v\n"
+     "mg a 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20\n"
+     "mg a v k f t c s h l u q O1 T1 N1 R1 P L\n")
+case("mg_errors_on_hit", "set a 0 0 1\nx\nmg a O" + "y" * 40 + " v\nmg a v\n")
+case("mg_base64", "mg Zm9v b v\nms Zm9v 3 b\nbar\nmg Zm9v b v k\nmg foo v k\nme foo\n"
+     "mg Zm9 b\nmg !!!! b\nmg Zm9vYmFy b k O1\nmd Zm9v b k\nmg foo\n")
+case("ms_modes", "ms m 1\na\nms m 1 ME\nb\nms m2 1 ME\nb\nmg m2 v\nms m 1 MA\nc\nmg m v\n"
+     "ms m 1 MP\nd\nmg m v\nms m 1 MR\ne\nmg m v\nms nom 1 MR\ne\nms nom 1 MA\ne\n"
+     "ms nom 1 MP\ne\nms m 1 MS\nf\nmg m v\nms m 1 Ms\nf\nms m 1 MSS\nf\nmg m v\n")
+case("ms_flags", "ms f 2 F42 T100 k c O7\nhi\nmg f f t v\nms f 2 q\nyo\nms f 2 q MR\nyo\n"
+     "ms nof 2 q MR\nyo\nms f 0\n\nmg f v s\nms f 2 F-1\nhi\nms f 2 Fx\nhi\nmg f v f\n"
+     "ms f 2 F4294967296\nhi\nmg f f\n")
+case("ms_cas", "ms c 1\na\nmg c c\nms c 1 C1\nb\nms c 1 C2\nb\nmg c c v\nms c 1 C999\nb\n"
+     "ms none 1 C5\nb\nms c 1 C3 MR c\nz\nms c 1 C0\nq\nms c 1 C4 MA\nw\nms c 1 C1 MA\nw\n"
+     "ms c 1 C9 ME\nw\nmg c v c\n")
+case("ms_invalidate", "ms s 1 T100\na\nmg s c\nms s 1 C1 I\nb\nmg s v c t\nms s 1 C0 I\nc\n"
+     "mg s v c\nmd s I T30\nmg s c t v\nmg s c v\nms s 1 C2 I\nd\nmg s v c\nmg s v c\n"
+     "ms s 1 I\ne\nmg s v\n")
+case("ms_errors", "ms\nms a\nms a x\nhi\nms a -1\nms a 2 Mx\nhi\nmg a\nms a 2 MAA\nhi\n"
+     "ms a 2 !\nhi\nms a 2 O" + "z" * 40 + "\nhi\nms a 2 C-\nhi\nms a 2 v v\nhi\nmg a\n"
+     "ms a 2\nhello\nmg a v\nms " + "k" * 251 + " 2\nhi\n"
+     "ms a 2 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18\nhi\n")
+case("ms_too_large", "set big 0 0 1\nx\nms big 2000000 T0\n" + "x" * 2000000 + "\nmg big v\n"
+     "ms big 1048400\n" + "y" * 1048400 + "\nmg big s\n")
+case("md", "set d 0 0 1\nx\nmd d\nmd d\nmd d q\nset d 0 0 1\nx\nmd d q\nmg d\n"
+     "set d 0 0 1\nx\nmd d k O5 C1\nmg d c\nmd d k O5 C2\nmd d k O6\nmd nod k O6 q\n")
+case("md_invalidate", "set d 0 0 1\nx\nmd d I\nmg d c v\nmg d c v\nmd d I T0 q\nmg d c v t\n"
+     "ms d 1 C1 I\ny\nmg d v c\nmd nod I\n")
+case("md_errors", "md\nmd a v v\nmd a !\nmd a O" + "z" * 40 + "\nmd a Tx\nmd a Cx\n"
+     "md a 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19\n")
+case("ma", "ma n\nset n 0 0 1\n5\nma n\nmg n v\nma n v\nma n D10 v\nma n MD v\nma n M- D100 v\n"
+     "ma n MI D3 v c t k O1\nma n M+ q\nmg n v\nma n q v\nma n MD D18446744073709551615 v\n"
+     "ma n D18446744073709551615 v\nma n D2 v\n")
+case("ma_vivify", "ma a N0 J7 v\nma a N0 J7 v\nma b N100 J13 v t\nma c N0 v\nma d N0 q J5\n"
+     "mg d v\nma e q\nma e N0 J99 q v\n")
+case("ma_cas", "set n 0 0 1\n1\nma n C1 v\nmg n c\nma n C3 v c\nma n C99 v O2 k\nma z C1 v\n")
+case("ma_errors", "set s 0 0 3\nabc\nma s\nma s v\nset e 0 0 0\n\nma e\nma n Mx\nma n MII\n"
+     "ma n Dx\nma n J-1\nma n D-1\nma n v v\nma n !\nma n O" + "z" * 40 + "\n"
+     "set n 0 0 1\n1\nma n O" + "z" * 40 + " v\nma\n")
+case("ma_padding", "set p 0 0 3\n100\nma p MD D95 v\nmg p v\nma p D1 v\nincr p 1000\nmg p v s\n")
+case("me", "me nokey\nset e 3 0 3\nabc\nme e\nmg e\nme e\nme\nme Zm9v b\nme !! b\n")
+case("quiet_pipeline", "mg q1 q v\nmg q2 q v\nms q1 1 q\na\nmg q1 q v\nmd q2 q\nmd q1 q\n"
+     "mg q1 q\nmn\n")
+case("meta_and_classic", "ms a 3 F5 T0\nabc\nget a\ngets a\nappend a 0 0 1\nd\nmg a v f c\n"
+     "cas a 0 0 1 99\nz\nmg a c\ntouch a 100\nmg a t\ndelete a\nmg a\n")
+case("other_m_commands", "mx a\nm\nmgg a\nmG a\n")
+
+
 # Generated streams: random mixes of meta and classic commands on a few
 # keys, so that they interact (CAS, stale, win, arithmetic on stored values).
 
 KEYS = [b"g%d" % i for i in range(6)]
 GET_FLAGS = [b"v", b"k", b"c", b"f", b"s", b"t", b"q", b"h", b"u", b"O7", b"Oxy", b"T0",
-             b"T100", b"N0", b"N50", b"R30", b"b"]
+             b"T100", b"N0", b"N50", b"R30", b"R200", b"l", b"T-1", b"b"]
 SET_FLAGS = [b"c", b"k", b"q", b"F5", b"T0", b"T100", b"ME", b"MA", b"MP", b"MR", b"MS",
              b"I", b"O1"]
 
@@ -315,7 +399,11 @@ def command(rng, cas_values):
     kind = rng.randrange(12)
     if kind <= 2:
         f = [x for x in flags(rng, GET_FLAGS, []) if x != b"b"]
-        return b" ".join([b"mg", key] + f) + b"\r\n"
+        if rng.random() < 0.15:
+            # The same key, base64-encoded.
+            key, f = base64.b64encode(key), f + [b"b"]
+        verb = b"me" if rng.random() < 0.05 else b"mg"
+        return b" ".join([verb, key] + (f if verb == b"mg" else [])) + b"\r\n"
     if kind <= 4:
         value = random_value(rng)
         f = flags(rng, SET_FLAGS, cas_values)
@@ -358,9 +446,9 @@ def run_stream(seed, length):
         conn.close()
 
 
-for seed in range(8):
+for seed in range(16):
     def stream(seed=seed):
-        run_stream(seed, 300)
+        run_stream(seed, 400)
     stream.__name__ = f"generated_stream_seed_{seed}"
     suite.test(stream)
 
