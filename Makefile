@@ -31,6 +31,7 @@ test: build
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_meta.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/cache/test_stats.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_meta_upgrade.py --server .build/debug/kho-cache --kho $(KHO)

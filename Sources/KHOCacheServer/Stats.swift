@@ -133,6 +133,9 @@ extension MemcacheHandler {
         ("crawler_reclaimed", "0"), ("crawler_items_checked", "0"),
         ("lrutail_reflocked", "0"), ("moves_to_cold", "0"), ("moves_to_warm", "0"),
         ("moves_within_lru", "0"), ("direct_reclaims", "0"),
+        // Hits are counted only for the whole cache (`stats` get_hits).
+        ("hits_to_hot", "0"), ("hits_to_warm", "0"), ("hits_to_cold", "0"),
+        ("hits_to_temp", "0"),
       ]
       lines += figures.map { (prefix + $0.0, $0.1) }
     }
