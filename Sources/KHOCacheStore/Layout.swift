@@ -38,7 +38,8 @@ enum Header {
   static let stats = 144  // StatCounter.count × u64, up to `reserved`
   // [stats end, 1008): reserved, zero. Format version 1 readers never look
   // at it, so fields may be added here without a version bump as long as
-  // 0 means "not recorded".
+  // 0 means "not recorded". [496, 1000): evictions per size class
+  // (`Header.classEvictions`, ClassStats.swift).
   // u64: the wall-clock second (unix time) at which the cache clock would
   // have read 0, written by `format` (0: not recorded, by an older image).
   // The cache clock only runs while an image runs, so it can never be
