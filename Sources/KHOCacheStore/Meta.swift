@@ -65,7 +65,8 @@ public struct MetaItem {
 
 /// What `ms` asks for besides the classic storage modes.
 public struct MetaStoreOptions: Sendable, Equatable {
-  /// `C`: the CAS value to compare with (0 compares with nothing).
+  /// `C`: the CAS value append and prepend compare with (0 compares with
+  /// nothing); a `.cas` mode compares with its own.
   public var compareCas: UInt64 = 0
   /// `I` with a compare-and-swap: a value older than the item's may
   /// still be stored, marked stale.
@@ -110,7 +111,10 @@ extension StoreCore {
     count(.cmdSet)
     let hash = keyHash(key)
     let old = find(key, hash: hash)
-    let compare = options.compareCas
+    // A compare-and-swap compares with its own value; the other modes
+    // with the one in `options` (0: none).
+    var compare = options.compareCas
+    if case .cas(let expected) = mode { compare = expected }
     var keepStale = false
     if old != 0 {
       let oldCas = memory.u64(old + ItemField.cas)
