@@ -1,5 +1,6 @@
-// The byte layout of a cache region, format version 2 (1 had no item
-// checksum and a 56-byte item header).
+// The byte layout of a cache region, format version 3 (2 had no meta
+// protocol bits in byte 55 of the item header; 1 had no item checksum and a
+// 56-byte item header).
 //
 // Everything inside the region is addressed by byte offsets from its base, so
 // a process that maps the same memory at another address uses it as is. All
@@ -86,8 +87,8 @@ enum ItemField {
   static let classId = 53  // u8
   static let itemFlags = 54  // u8
   // u8: the meta protocol's item bits (`fetched`, `tokenSent`, `stale`,
-  // `binaryKey` below). Added within format 2: byte 55 was always written
-  // 0, so 0 means "none of them", which is what an older image saw.
+  // `binaryKey` below), format 3. A format 2 image would neither clear
+  // them when it reuses a chunk nor keep them meaningful, hence the bump.
   static let metaFlags = 55
   // u32: CRC-32C of flags and value length (40..<48), the key length (52),
   // the key and the value; written when the item is filled, checked before
