@@ -94,7 +94,10 @@ public enum MetaOutcome: Sendable, Equatable {
 
 extension StoreCore {
   @inline(__always) func setMetaFlag(_ item: Int, _ bit: UInt8) {
-    memory.setU8(item + ItemField.metaFlags, memory.u8(item + ItemField.metaFlags) | bit)
+    let bits = memory.u8(item + ItemField.metaFlags)
+    // Every get hit sets `fetched`: write only when it changes, so hot
+    // items' headers stay clean in the other cores' caches.
+    if bits & bit == 0 { memory.setU8(item + ItemField.metaFlags, bits | bit) }
   }
 
   @inline(__always) func clearMetaFlag(_ item: Int, _ bit: UInt8) {
