@@ -44,6 +44,8 @@ extension MemcacheHandler {
       return statLines(itemLines())
     } else if subcommand.equals("slabs") {
       return statLines(slabLines())
+    } else if subcommand.equals("cachedump") {
+      return cacheDump(line, tokens)
     } else if subcommand.equals("sizes") {
       // memcached tracks item sizes only when started with -o track_sizes.
       return statLines([("sizes_status", "disabled")])
@@ -105,7 +107,7 @@ extension MemcacheHandler {
       ("lru_crawler", "no"),
       ("tail_repair_time", "0"),
       ("flush_enabled", "yes"),
-      ("dump_enabled", "no"),
+      ("dump_enabled", "yes"),
       ("hash_algorithm", "fnv1a_64"),
       ("lru_maintainer_thread", "no"),
       ("lru_segmented", "no"),
@@ -159,6 +161,27 @@ extension MemcacheHandler {
     lines.append(("active_slabs", String(classes.count)))
     lines.append(("total_malloced", String(store.bytesInPages)))
     return lines
+  }
+
+  /// `stats cachedump CLASS LIMIT`: memcached's item_cachedump lines,
+  /// most recently used first, at most 2 MB of them.
+  private func cacheDump(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    guard tokens.memcachedCount >= 5 else { return reply("CLIENT_ERROR bad command line") }
+    guard let classId = parseUInt32Truncating(line.slice(tokens[2])),
+      let limit = parseUInt32Truncating(line.slice(tokens[3]))
+    else { return reply("CLIENT_ERROR bad command line format") }
+    guard classId < 64 else { return reply("CLIENT_ERROR Illegal slab id") }
+    let entries = store.cacheDump(classId: Int(classId), limit: Int(limit), byteBudget: 2 << 20)
+    for entry in entries {
+      output.writeStaticString("ITEM ")
+      output.writeBytes(entry.key)
+      output.writeStaticString(" [")
+      output.writeDecimal(UInt64(entry.valueLength))
+      output.writeStaticString(" b; ")
+      output.writeDecimal(entry.expiresAt)
+      output.writeStaticString(" s]\r\n")
+    }
+    return reply("END")
   }
 
   // MARK: cache_memlimit, shutdown

@@ -81,3 +81,45 @@ extension StoreCore {
     return total
   }
 }
+
+/// One item as `stats cachedump` lists it.
+public struct CacheDumpEntry: Sendable, Equatable {
+  /// The key bytes.
+  public var key: [UInt8]
+  /// The value length.
+  public var valueLength: Int
+  /// The expiry as a unix time, 0 for never (memcached prints it so).
+  public var expiresAt: UInt64
+}
+
+extension CacheStore {
+  /// `stats cachedump`: the items of `classId` from the most recently used,
+  /// at most `limit` of them (0: no limit) and at most `byteBudget` bytes
+  /// of keys, as memcached's item_cachedump stops at 2 MB of output.
+  public func cacheDump(classId: Int, limit: Int, byteBudget: Int) -> [CacheDumpEntry] {
+    locked { core in
+      guard (1...core.geometry.classCount).contains(classId) else { return [] }
+      let entry = core.geometry.classEntry(classId)
+      let epoch = core.memory.u64(Header.clockEpochWallSeconds)
+      var entries: [CacheDumpEntry] = []
+      var item = core.memory.off(entry + ClassField.lruHead)
+      var left = Int(core.memory.u64(entry + ClassField.itemCount))
+      var bytes = 0
+      while item != 0 && left > 0 && item >= core.geometry.slabOffset
+        && item < core.geometry.slabEnd && (limit == 0 || entries.count < limit)
+      {
+        let key = Array(core.key(item))
+        bytes += key.count + 40
+        if bytes > byteBudget { break }
+        let exptime = UInt64(core.memory.u32(item + ItemField.exptime))
+        entries.append(
+          CacheDumpEntry(
+            key: key, valueLength: core.valueLength(item),
+            expiresAt: exptime == 0 ? 0 : exptime &+ epoch))
+        item = core.memory.off(item + ItemField.lruNext)
+        left -= 1
+      }
+      return entries
+    }
+  }
+}
