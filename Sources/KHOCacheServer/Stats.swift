@@ -123,7 +123,7 @@ extension MemcacheHandler {
   /// item counts as cold, every hit as a hit to cold).
   private func itemLines() -> [(String, String)] {
     var lines: [(String, String)] = []
-    for info in store.classStats() where info.items > 0 {
+    for info in store.classStats() where info.items > 0 || info.evicted > 0 {
       let prefix = "items:\(info.classId):"
       let figures: [(String, String)] = [
         ("number", String(info.items)), ("number_hot", "0"), ("number_warm", "0"),
@@ -147,7 +147,7 @@ extension MemcacheHandler {
   /// memcached's slabs_stats: the classes that hold pages, then totals.
   private func slabLines() -> [(String, String)] {
     var lines: [(String, String)] = []
-    let classes = store.classStats()
+    let classes = store.classStats().filter { $0.pages > 0 }
     for info in classes {
       let total = info.pages * info.chunksPerPage
       let figures: [(String, String)] = [

@@ -39,13 +39,14 @@ extension CacheStore {
     locked { core in Int(core.memory.u64(Header.pagesUsed)) * core.geometry.pageSize }
   }
 
-  /// Every class that holds at least one page, in class order.
+  /// Every class that holds at least one page or has evicted, in class order.
   public func classStats() -> [CacheClassStats] {
     locked { core in
       (1...core.geometry.classCount).compactMap { classId in
         let entry = core.geometry.classEntry(classId)
         let pages = Int(core.memory.u64(entry + ClassField.pageCount))
-        guard pages > 0 else { return nil }
+        let evicted = core.memory.u64(Header.classEvictions + (classId - 1) * 8)
+        guard pages > 0 || evicted > 0 else { return nil }
         let items = Int(core.memory.u64(entry + ClassField.itemCount))
         let tail = core.memory.off(entry + ClassField.lruTail)
         return CacheClassStats(
@@ -54,7 +55,7 @@ extension CacheStore {
           items: items, freeChunks: Int(core.memory.u64(entry + ClassField.freeCount)),
           requestedBytes: core.requestedBytes(classId, limit: items),
           oldestAge: tail == 0 ? 0 : core.now &- core.memory.u32(tail + ItemField.time),
-          evicted: core.memory.u64(Header.classEvictions + (classId - 1) * 8))
+          evicted: evicted)
       }
     }
   }

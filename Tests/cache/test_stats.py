@@ -162,6 +162,16 @@ def test_slabs_keys_are_memcacheds():
 
 
 @suite.test
+def test_class_numbers_are_memcacheds():
+    """`me` names the class: the same for the same value size (away from a
+    class limit: kho-cache's item header is 5 bytes bigger)."""
+    for size in (1, 60, 1000, 5000, 66560, 200000, 400000):
+        data = b"set cls%d 0 0 %d\r\n%s\r\nme cls%d\r\n" % (size, size, b"x" * size, size)
+        expected, actual = (re.search(rb"cls=(\d+)", r).group(1) for r in both(data))
+        assert expected == actual, (size, expected, actual)
+
+
+@suite.test
 def test_evictions_counted_per_class():
     port = SERVERS["kho-cache"][1]
     value = b"v" * 100_000
