@@ -173,10 +173,14 @@ extension MemcacheHandler {
       self.output.writeBytes(item.value)
       self.output.writeStaticString("\r\n")
     }
+    let hit: Void?
     if let exptime {
-      _ = try store.getAndTouch(key, exptime: exptime, write)
+      hit = try store.getAndTouch(key, exptime: exptime, write)
     } else {
-      _ = store.get(key, write)
+      hit = store.get(key, write)
+    }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) {
+      PrefixStats.record(key, .get(hit: hit != nil))
     }
   }
 
@@ -211,6 +215,7 @@ extension MemcacheHandler {
       swallow = Int(length) + 2
       return reply("SERVER_ERROR object too large for cache", noreply: noreply)
     }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .set) }
     pending = PendingStore(
       mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length),
       noreply: noreply)
@@ -288,6 +293,7 @@ extension MemcacheHandler {
     guard key.count <= CacheLimits.maxKeyLength else {
       return reply("CLIENT_ERROR bad command line format", noreply: noreply)
     }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .delete) }
     do {
       return reply(try store.delete(key) ? "DELETED" : "NOT_FOUND", noreply: noreply)
     } catch {

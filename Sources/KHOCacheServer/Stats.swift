@@ -58,13 +58,13 @@ extension MemcacheHandler {
     return reply("END")
   }
 
-  /// `stats detail on|off|dump`. kho-cache keeps no per-prefix counters
-  /// (they would cost every get and set), so a dump is always empty.
+  /// `stats detail on|off|dump`: per-prefix counters, recorded only while on.
   private func statsDetail(_ argument: UnsafeRawBufferPointer) -> Outcome {
     if argument.equals("on") || argument.equals("off") {
       RuntimeSettings.detailEnabled.store(argument.equals("on"), ordering: .relaxed)
       return reply("OK")
     } else if argument.equals("dump") {
+      for line in PrefixStats.dump() { reply(line) }
       return reply("END")
     }
     return reply("CLIENT_ERROR usage: stats detail on|off|dump")
@@ -253,4 +253,60 @@ extension MemcacheHandler {
 
   static let binaryRequestMagic: UInt8 = 0x80
   static let binaryResponseMagic: UInt8 = 0x81
+}
+
+// MARK: stats detail
+
+/// memcached's stats_prefix.c: gets, hits, sets and deletes per key prefix
+/// (the key up to the first ':'; keys without one are not counted), kept
+/// while `stats detail on`. In memory only (they restart at an upgrade, as
+/// memcached's at a restart), at most `maxPrefixes` prefixes (memcached
+/// has no bound; a client must not grow the server without one). Dumped
+/// in first-seen order (memcached's is its hash table's).
+enum PrefixStats {
+  enum Event { case get(hit: Bool), set, delete }
+
+  struct Counts {
+    var gets: UInt64 = 0
+    var hits: UInt64 = 0
+    var sets: UInt64 = 0
+    var deletes: UInt64 = 0
+  }
+
+  struct Table {
+    var order: [[UInt8]] = []
+    var counts: [[UInt8]: Counts] = [:]
+  }
+
+  static let maxPrefixes = 10_000
+  static let table = Mutex(Table())
+
+  static func record(_ key: UnsafeRawBufferPointer, _ event: Event) {
+    guard let end = key.firstIndex(of: UInt8(ascii: ":")) else { return }
+    let prefix = Array(key[..<end])
+    table.withLock { table in
+      if table.counts[prefix] == nil {
+        guard table.order.count < maxPrefixes else { return }
+        table.order.append(prefix)
+      }
+      switch event {
+      case .get(let hit):
+        table.counts[prefix, default: Counts()].gets += 1
+        if hit { table.counts[prefix, default: Counts()].hits += 1 }
+      case .set: table.counts[prefix, default: Counts()].sets += 1
+      case .delete: table.counts[prefix, default: Counts()].deletes += 1
+      }
+    }
+  }
+
+  /// memcached's "PREFIX %s get %llu hit %llu set %llu del %llu" lines.
+  static func dump() -> [String] {
+    table.withLock { table in
+      table.order.map { prefix in
+        let c = table.counts[prefix]!
+        return "PREFIX \(String(decoding: prefix, as: UTF8.self)) get \(c.gets) hit \(c.hits)"
+          + " set \(c.sets) del \(c.deletes)"
+      }
+    }
+  }
 }

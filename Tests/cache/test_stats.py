@@ -90,6 +90,18 @@ def test_identical_replies():
 
 
 @suite.test
+def test_detail_dump_counts_per_prefix():
+    data = (b"stats detail on\r\nset pfx:1 0 0 1\r\na\r\nget pfx:1 pfx:2 nopfx\r\n"
+            b"gets pfx:1\r\ndelete pfx:1\r\ndelete pfx:1\r\nset other:x 0 0 1\r\nb\r\n"
+            b"stats detail off\r\nget pfx:1\r\ndelete other:x\r\nstats detail dump\r\n")
+    expected, actual = both(data)
+    assert b"PREFIX pfx get 3 hit 2 set 1 del 2\r\n" in actual, actual
+    # One prefix per reply so that the order (memcached's hash order) cannot differ.
+    only = lambda r: [l for l in r.split(b"\r\n") if l.startswith(b"PREFIX pfx ")]
+    assert only(expected) == only(actual), (expected, actual)
+
+
+@suite.test
 def test_settings_keys_are_memcacheds():
     expected, actual = (stat_map(r) for r in both(b"stats settings\r\n"))
     missing = set(actual) - set(expected)
