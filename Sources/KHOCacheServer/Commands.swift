@@ -30,6 +30,8 @@ extension MemcacheHandler {
       outcome = n == 6 || n == 7 ? parseStore(.set, line, tokens) : reply("ERROR")
     case UInt8(ascii: "s") where command.equals("stats"):
       outcome = stats(line, tokens)
+    case UInt8(ascii: "s") where command.equals("slabs"):
+      outcome = slabs(line, tokens)
     case UInt8(ascii: "s") where command.equals("shutdown"):
       outcome = shutdown(line, tokens)
     case UInt8(ascii: "m") where command.count == 2:

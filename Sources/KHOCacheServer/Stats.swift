@@ -22,6 +22,9 @@ enum RuntimeSettings {
   static let verbosity = Atomic<Int>(0)
   /// `stats detail on|off`.
   static let detailEnabled = Atomic<Bool>(false)
+  /// `slabs automove N`: recorded and reported; kho-cache's page rebalancing
+  /// (Rebalance.swift) runs whatever it is.
+  static let slabAutomove = Atomic<Int>(1)
 }
 
 extension MemcacheHandler {
@@ -34,6 +37,7 @@ extension MemcacheHandler {
     let subcommand = line.slice(tokens[1])
     if subcommand.equals("reset") {
       store.resetStats()
+      PrefixStats.clear()
       return reply("RESET")
     } else if subcommand.equals("detail") {
       return statsDetail(
@@ -101,8 +105,8 @@ extension MemcacheHandler {
       ("item_size_max", String(store.itemSizeMax)),
       ("maxconns_fast", "yes"),
       ("hashpower_init", "0"),
-      ("slab_reassign", "yes"),
-      ("slab_automove", "1"),
+      ("slab_reassign", "no"),
+      ("slab_automove", String(RuntimeSettings.slabAutomove.load(ordering: .relaxed))),
       ("slab_chunk_max", String(store.pageSize / 2)),
       ("lru_crawler", "no"),
       ("tail_repair_time", "0"),
@@ -182,6 +186,29 @@ extension MemcacheHandler {
       output.writeStaticString(" s]\r\n")
     }
     return reply("END")
+  }
+
+  /// `slabs automove N|ratio R` and `slabs reassign`, memcached's
+  /// process_slabs_command: there is no manual reassignment here.
+  func slabs(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
+    let n = tokens.memcachedCount
+    if n == 5 && line.slice(tokens[1]).equals("reassign") {
+      return reply("CLIENT_ERROR slab reassignment disabled")
+    }
+    guard n >= 4 && line.slice(tokens[1]).equals("automove") else { return reply("ERROR") }
+    let noreply = isNoreply(line, tokens)
+    if line.slice(tokens[2]).equals("ratio") {
+      guard n >= 5, Double(String(decoding: line.slice(tokens[3]), as: UTF8.self)) != nil else {
+        return reply("ERROR", noreply: noreply)
+      }
+      return reply("OK", noreply: noreply)
+    }
+    guard let level = parseUInt32Truncating(line.slice(tokens[2])) else {
+      return reply("CLIENT_ERROR bad command line format", noreply: noreply)
+    }
+    guard level <= 2 else { return reply("ERROR", noreply: noreply) }
+    RuntimeSettings.slabAutomove.store(Int(level), ordering: .relaxed)
+    return reply("OK", noreply: noreply)
   }
 
   // MARK: cache_memlimit, shutdown
@@ -298,6 +325,9 @@ enum PrefixStats {
       }
     }
   }
+
+  /// `stats reset` forgets every prefix, as memcached's stats_prefix_clear.
+  static func clear() { table.withLock { $0 = Table() } }
 
   /// memcached's "PREFIX %s get %llu hit %llu set %llu del %llu" lines.
   static func dump() -> [String] {

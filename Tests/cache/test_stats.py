@@ -83,7 +83,10 @@ def test_identical_replies():
              b"cache_memlimit 2000000000\r\n", b"cache_memlimit 64\r\n",
              b"cache_memlimit 64 noreply\r\n", b"verbosity 1\r\n", b"verbosity\r\n",
              b"verbosity x\r\n", b"verbosity 0 noreply\r\n", b"shutdown\r\n",
-             b"shutdown graceful\r\n", b"stats detail on\r\nstats detail dump\r\nstats detail off\r\n"]
+             b"shutdown graceful\r\n", b"slabs automove invalid\r\n", b"slabs automove 0\r\n",
+             b"slabs automove 3\r\n", b"slabs automove ratio 0.5\r\n",
+             b"slabs automove ratio x\r\n", b"slabs\r\n", b"slabs automove\r\n",
+             b"slabs automove 1 noreply\r\n", b"stats detail on\r\nstats detail dump\r\nstats detail off\r\n"]
     for case in cases:
         expected, actual = both(case)
         assert expected == actual, (case, expected, actual)
