@@ -34,6 +34,20 @@ struct MetaFlags {
   var key: [UInt8] = []
 }
 
+/// A set of ASCII bytes (0..<128) in two words.
+struct ASCIISet {
+  private var low: UInt64 = 0
+  private var high: UInt64 = 0
+
+  func contains(_ byte: UInt8) -> Bool {
+    byte < 64 ? low & (1 << byte) != 0 : high & (1 << (byte - 64)) != 0
+  }
+
+  mutating func insert(_ byte: UInt8) {
+    if byte < 64 { low |= 1 << byte } else { high |= 1 << (byte - 64) }
+  }
+}
+
 /// How an `ms` reply is worded once the store has answered: its flags
 /// that echo something, in the order given.
 struct PendingMetaStore {
@@ -54,14 +68,15 @@ extension MetaFlags {
     -> (failed: Bool, error: String?)
   {
     key = Array(line.slice(tokens[1]))
-    var seen = [Bool](repeating: false, count: 127)
+    // Flags seen so far, one bit per ASCII letter (no allocation per command).
+    var seen = ASCIISet()
     var failed = false
     var error: String?
     for index in start..<tokens.count {
       let token = line.slice(tokens[index])
       let flag = token[0]
-      if flag >= 127 || seen[Int(flag)] { return (true, "CLIENT_ERROR duplicate flag") }
-      seen[Int(flag)] = true
+      if flag >= 127 || seen.contains(flag) { return (true, "CLIENT_ERROR duplicate flag") }
+      seen.insert(flag)
       let argument = token.slice(1..<token.count)
       switch flag {
       case UInt8(ascii: "b"):
