@@ -31,8 +31,11 @@ test: build
 	$(PYTHON) Tests/reference/check_reference.py --kho $(KHO)
 	$(PYTHON) Tests/cache/test_protocol.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/clients/test_clients.py --server .build/debug/kho-cache --kho $(KHO)
+	$(PYTHON) Tests/cache/test_meta.py --server .build/debug/kho-cache
+	$(PYTHON) Tests/cache/test_stats.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_hostile.py --server .build/debug/kho-cache
 	$(PYTHON) Tests/cache/test_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
+	$(PYTHON) Tests/cache/test_meta_upgrade.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_bad_handover.py --server .build/debug/kho-cache --kho $(KHO)
 	$(PYTHON) Tests/cache/test_hitless.py --server .build/debug/kho-cache --kho $(KHO)
 	bash Tests/cli/test_cli.sh

@@ -30,14 +30,20 @@ extension MemcacheHandler {
       outcome = n == 6 || n == 7 ? parseStore(.set, line, tokens) : reply("ERROR")
     case UInt8(ascii: "s") where command.equals("stats"):
       outcome = stats(line, tokens)
+    case UInt8(ascii: "s") where command.equals("slabs"):
+      outcome = slabs(line, tokens)
     case UInt8(ascii: "s") where command.equals("shutdown"):
-      outcome = reply("ERROR: shutdown not enabled")
+      outcome = shutdown(line, tokens)
+    case UInt8(ascii: "m") where command.count == 2:
+      outcome = executeMeta(command[1], line, tokens)
     case UInt8(ascii: "a") where command.equals("add"):
       outcome = n == 6 || n == 7 ? parseStore(.add, line, tokens) : reply("ERROR")
     case UInt8(ascii: "a") where command.equals("append"):
       outcome = n == 6 || n == 7 ? parseStore(.append, line, tokens) : reply("ERROR")
     case UInt8(ascii: "c") where command.equals("cas"):
       outcome = n == 7 || n == 8 ? parseStore(.cas(0), line, tokens) : reply("ERROR")
+    case UInt8(ascii: "c") where command.equals("cache_memlimit"):
+      outcome = n == 3 || n == 4 ? cacheMemlimit(line, tokens) : reply("ERROR")
     case UInt8(ascii: "i") where command.equals("incr"):
       outcome = n == 4 || n == 5 ? arithmetic(line, tokens, increment: true) : reply("ERROR")
     case UInt8(ascii: "d") where command.equals("delete"):
@@ -169,10 +175,14 @@ extension MemcacheHandler {
       self.output.writeBytes(item.value)
       self.output.writeStaticString("\r\n")
     }
+    let hit: Void?
     if let exptime {
-      _ = try store.getAndTouch(key, exptime: exptime, write)
+      hit = try store.getAndTouch(key, exptime: exptime, write)
     } else {
-      _ = store.get(key, write)
+      hit = store.get(key, write)
+    }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) {
+      PrefixStats.record(key, .get(hit: hit != nil))
     }
   }
 
@@ -207,6 +217,7 @@ extension MemcacheHandler {
       swallow = Int(length) + 2
       return reply("SERVER_ERROR object too large for cache", noreply: noreply)
     }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .set) }
     pending = PendingStore(
       mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length),
       noreply: noreply)
@@ -216,6 +227,7 @@ extension MemcacheHandler {
   /// The data block of `pending` has arrived (or not yet): store it.
   func completeStore() -> Outcome {
     let command = pending!
+    if let meta = command.meta { return completeMetaStore(command, meta) }
     guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
     let result = input!.withUnsafeReadableBytes { bytes in
       Result { () throws(CacheOperationError) -> String in
@@ -283,6 +295,7 @@ extension MemcacheHandler {
     guard key.count <= CacheLimits.maxKeyLength else {
       return reply("CLIENT_ERROR bad command line format", noreply: noreply)
     }
+    if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .delete) }
     do {
       return reply(try store.delete(key) ? "DELETED" : "NOT_FOUND", noreply: noreply)
     } catch {
@@ -353,22 +366,11 @@ extension MemcacheHandler {
 
   private func verbosity(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
     let noreply = isNoreply(line, tokens)
-    guard parseUInt32Truncating(line.slice(tokens[1])) != nil else {
+    guard let level = parseUInt32Truncating(line.slice(tokens[1])) else {
       return reply("CLIENT_ERROR bad command line format", noreply: noreply)
     }
+    RuntimeSettings.verbosity.store(Int(level), ordering: .relaxed)
     return reply("OK", noreply: noreply)
-  }
-
-  private func stats(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
-    if tokens.count == 1 {
-      for (name, value) in shared.statsLines() { reply("STAT \(name) \(value)") }
-      return reply("END")
-    }
-    if line.slice(tokens[1]).equals("reset") {
-      store.resetStats()
-      return reply("RESET")
-    }
-    return reply("ERROR")
   }
 }
 

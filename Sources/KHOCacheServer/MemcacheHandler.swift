@@ -54,6 +54,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   var frozenSince: NIODeadline?
   var closing = false
   var admitted = false
+  /// The first byte has been looked at (a binary-protocol client is refused: Stats.swift).
+  var protocolChecked = false
   /// The channel holds more unsent replies than `pendingOutputLimit`, or
   /// all connections together more than `pendingOutputBudget` and this one
   /// some: run nothing until that is no longer so.
@@ -137,6 +139,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     var buffer = unwrapInboundIn(data)
     shared.bytesRead.wrappingAdd(buffer.readableBytes, ordering: .relaxed)
     guard !closing else { return }
+    if !protocolChecked && refusedBinaryProtocol(buffer, context) { return }
     if input == nil || input!.readableBytes == 0 {
       // Nothing was buffered (so nothing is parked): these commands were
       // sent after the earlier ones were consumed, and get their own
@@ -374,4 +377,6 @@ struct PendingStore {
   var exptime: Int64
   var length: Int
   var noreply: Bool
+  /// An `ms`: how to word its reply (MetaCommands.swift).
+  var meta: PendingMetaStore? = nil
 }

@@ -39,6 +39,12 @@ public struct CacheServerConfiguration: Sendable {
   /// bytes have gathered, not only at the end of a read, so that a long
   /// pipeline is answered as it runs and its memory is bounded.
   public var outputFlushThreshold: Int = 256 << 10
+  /// Reported by `stats settings` (`-p`, `-l`).
+  public var tcpPort: Int = 11211
+  /// Reported by `stats settings` as `inter`.
+  public var listenAddress: String = "127.0.0.1"
+  /// Whether the `shutdown` command may stop the server (`-A`).
+  public var shutdownEnabled = false
 
   /// The defaults above (memcached's).
   public init() {}

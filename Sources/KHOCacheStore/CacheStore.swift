@@ -36,7 +36,7 @@
 /// which proves no mutation was cut in the middle, and marks it live.
 public final class CacheStore: @unchecked Sendable {
   /// The version written in the header; `attach` refuses any other.
-  public static let formatVersion: UInt32 = 2
+  public static let formatVersion: UInt32 = 3
   /// The KHO node's compatible string for this format.
   public static let compatible = "kho-cache-v1"
   /// memcached's default item size limit (`-I 1m`).

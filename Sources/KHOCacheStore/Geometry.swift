@@ -16,19 +16,29 @@ struct Geometry: Equatable {
   var classCount: Int { chunkSizes.count }
   var slabEnd: Int { slabOffset + pageCount * pageSize }
 
-  static let smallestChunk = ItemField.headerSize + 48  // memcached's -n 48
+  /// memcached's class 1: its 48-byte item struct plus `-n 48`. Using
+  /// memcached's chunk sizes (not our 64-byte header plus 48) numbers the
+  /// classes as memcached does, so `stats items`/`stats slabs` name the same
+  /// class for the same value size (ours holds 5 bytes more overhead).
+  static let smallestChunk = 96
   static let growthFactor = 1.25
 
-  /// Size classes as memcached builds them: from the smallest chunk, each
-  /// 1.25× the previous, 8-byte aligned, up to half a page; the last class
-  /// is a whole page, for the largest items.
+  /// Size classes exactly as memcached 1.6.18's slabs_init builds them
+  /// (`-n 48 -f 1.25 -I 1m`): from the smallest chunk, each 1.25× the last
+  /// (truncated, then 8-byte aligned) while below half a page divided by
+  /// the factor; then half a page (memcached's slab_chunk_max, its last
+  /// class). memcached chunks larger items; kho-cache adds one class of a
+  /// whole page for them.
   static func chunkSizes(pageSize: Int) -> [Int] {
+    let chunkMax = pageSize / 2
     var sizes: [Int] = []
     var size = smallestChunk
-    while size <= pageSize / 2 && sizes.count < CacheLimits.maxClasses - 1 {
-      sizes.append(size)
-      size = align8(Int(Double(size) * growthFactor))
+    while Double(size) < Double(chunkMax) / growthFactor && sizes.count < CacheLimits.maxClasses - 2
+    {
+      sizes.append(align8(size))
+      size = Int(Double(align8(size)) * growthFactor)
     }
+    sizes.append(chunkMax)
     sizes.append(pageSize)
     return sizes
   }

@@ -1,5 +1,6 @@
-// The byte layout of a cache region, format version 2 (1 had no item
-// checksum and a 56-byte item header).
+// The byte layout of a cache region, format version 3 (2 had no meta
+// protocol bits in byte 55 of the item header; 1 had no item checksum and a
+// 56-byte item header).
 //
 // Everything inside the region is addressed by byte offsets from its base, so
 // a process that maps the same memory at another address uses it as is. All
@@ -38,7 +39,8 @@ enum Header {
   static let stats = 144  // StatCounter.count × u64, up to `reserved`
   // [stats end, 1008): reserved, zero. Format version 1 readers never look
   // at it, so fields may be added here without a version bump as long as
-  // 0 means "not recorded".
+  // 0 means "not recorded". [496, 1000): evictions per size class
+  // (`Header.classEvictions`, ClassStats.swift).
   // u64: the wall-clock second (unix time) at which the cache clock would
   // have read 0, written by `format` (0: not recorded, by an older image).
   // The cache clock only runs while an image runs, so it can never be
@@ -84,6 +86,10 @@ enum ItemField {
   static let keyLength = 52  // u8
   static let classId = 53  // u8
   static let itemFlags = 54  // u8
+  // u8: the meta protocol's item bits (`fetched`, `tokenSent`, `stale`,
+  // `binaryKey` below), format 3. A format 2 image would neither clear
+  // them when it reuses a chunk nor keep them meaningful, hence the bump.
+  static let metaFlags = 55
   // u32: CRC-32C of flags and value length (40..<48), the key length (52),
   // the key and the value; written when the item is filled, checked before
   // its bytes are served (format 2).
@@ -95,6 +101,16 @@ enum ItemField {
   /// rest. This build keeps the pin in `StoreCore.pinned` instead (a damaged
   /// region could otherwise pin items forever); the bit is ignored.
   static let pinned: UInt8 = 2
+
+  /// memcached's ITEM_FETCHED: read at least once since stored.
+  static let fetched: UInt8 = 1
+  /// memcached's ITEM_TOKEN_SENT: a client was handed the recache win (W).
+  static let tokenSent: UInt8 = 2
+  /// memcached's ITEM_STALE: invalidated by `md I` (or a stale `ms I`).
+  static let stale: UInt8 = 4
+  /// memcached's ITEM_KEY_BINARY: stored with a base64 key (`b`), so the
+  /// key is shown base64-encoded again.
+  static let binaryKey: UInt8 = 8
 }
 
 /// Counters kept in the header, so that they survive a handover.

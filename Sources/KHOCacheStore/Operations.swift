@@ -39,7 +39,11 @@ extension StoreCore {
       count(.cmdGet)
       count(item != 0 ? .getHits : .getMisses)
     }
-    if item != 0 { bump(item) }
+    if item != 0 {
+      // memcached's do_item_bump: a fetch marks the item fetched (`mg h`).
+      if !frozen { setMetaFlag(item, ItemField.fetched) }
+      bump(item)
+    }
     return item
   }
 
@@ -95,7 +99,7 @@ extension StoreCore {
     }
   }
 
-  private func build(
+  func build(
     _ mode: StoreMode, old: Int, key: UnsafeRawBufferPointer, hash: UInt32,
     value: UnsafeRawBufferPointer,
     flags: UInt32, exptime: Int64

@@ -138,6 +138,9 @@ extension CacheStore {
       for counter in StatCounter.allCases where counter != .currItems && counter != .bytes {
         core.memory.setU64(Header.stats + counter.rawValue * 8, 0)
       }
+      for classId in 1...core.geometry.classCount {
+        core.memory.setU64(Header.classEvictions + (classId - 1) * 8, 0)
+      }
     }
   }
 }

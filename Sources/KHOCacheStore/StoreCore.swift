@@ -371,7 +371,9 @@ final class StoreCore {
     count(.bytes, -totalSize(item))
     switch reason {
     case .removed: break
-    case .evicted: count(.evictions)
+    case .evicted:
+      count(.evictions)
+      countClassEviction(classId)
     case .reclaimed: count(.reclaimed)
     }
     return classId
@@ -525,6 +527,7 @@ final class StoreCore {
     memory.setU32(item + ItemField.hash, hash)
     memory.setU8(item + ItemField.keyLength, UInt8(key.count))
     memory.setU8(item + ItemField.classId, UInt8(classId))
+    memory.setU8(item + ItemField.metaFlags, 0)
     // Unlinked, it looks like a free chunk: keep a rebuild from taking it.
     building = item
     let keyStart = item + ItemField.headerSize

@@ -68,6 +68,11 @@ struct KHOCacheCommand: ParsableCommand {
   var khoScratch: String?
 
   @Flag(
+    name: [.customShort("A"), .customLong("enable-shutdown")],
+    help: "Let the shutdown command stop the server, as memcached's -A.")
+  var enableShutdown = false
+
+  @Flag(
     name: .customLong("huge-pages"),
     help: "Back the arena with 2 MiB pages (hugetlb if reserved, else transparent huge pages).")
   var hugePages = false
@@ -132,6 +137,9 @@ struct KHOCacheCommand: ParsableCommand {
     configuration.maxConnections = ResourceLimits.fitOpenFileLimit(
       maxConnections: maxConnections, threads: threads)
     configuration.threads = threads
+    configuration.tcpPort = port
+    configuration.listenAddress = listen
+    configuration.shutdownEnabled = enableShutdown
     let context = CacheServerContext(store: store, configuration: configuration)
     try ConnectionHandover.register(context, runtime, logger: logger)
     // The handed-over connections first: their clients were there before

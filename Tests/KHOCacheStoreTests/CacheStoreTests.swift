@@ -182,7 +182,7 @@ import Testing
   @Test func formatReportsItsRanges() throws {
     let store = try makeStore()
     #expect(store.memoryRanges == [CacheMemoryRange(offset: 0, length: 4 << 20)])
-    #expect(store.formatVersion == 2)
+    #expect(store.formatVersion == 3)
     #expect(CacheStore.compatible == "kho-cache-v1")
   }
 

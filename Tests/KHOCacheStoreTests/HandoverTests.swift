@@ -69,7 +69,7 @@ import Testing
       region.base.storeBytes(of: saved, toByteOffset: offset, as: UInt8.self)
     }
     patch(0, UInt8(ascii: "X"), .badMagic)
-    patch(8, 3, .unsupportedVersion(3))
+    patch(8, 4, .unsupportedVersion(4))
     patch(32, 0x55, .checksumMismatch)  // page size
     #expect(throws: CacheRegionError.sizeMismatch(recorded: UInt64(4 << 20), mapped: 2 << 20)) {
       _ = try CacheStore.attach(
