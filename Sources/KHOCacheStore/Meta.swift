@@ -188,9 +188,14 @@ extension CacheStore {
   /// true). Unless `noUpdate`, the item is marked fetched and bumped after
   /// `body` ran, so `body` sees the bits from before this fetch.
   /// - Parameters:
-  ///   - touches: counted as a touch (`T`) rather than a get.
+  ///   - key: the key's bytes.
+  ///   - vivify: create an empty item on a miss (`N`).
   ///   - mutates: `body` may change the item (`T`, `N`, `R`, a win): such
   ///     a command waits for a freeze to end.
+  ///   - touches: counted as a touch (`T`) rather than a get.
+  ///   - noUpdate: leave the fetched bit and the LRU position alone (`u`).
+  ///   - body: reads (and may change) the item; `created` says it was just
+  ///     vivified.
   /// - Throws: `.frozen` (only when `mutates` or `vivify`), `.badKey`.
   public func metaGet<R>(
     _ key: UnsafeRawBufferPointer, vivify: Bool, mutates: Bool, touches: Bool, noUpdate: Bool,

@@ -7,7 +7,7 @@ import KHOSystem
 /// Descriptors a service hands to its next image besides the named ones:
 /// established connections, say, with one `blob` (a memfd) describing
 /// them. The runtime carries them over a unix socket with SCM_RIGHTS, in
-/// batches of at most ``FileDescriptor/maxDescriptorsPerMessage``: the
+/// batches of at most `FileDescriptor.maxDescriptorsPerMessage`: the
 /// handshake's socketpair when overlapped, a socketpair kept across the
 /// `execve` in place. The receiver finds them in the same order.
 public struct DescriptorParcel: Sendable {
@@ -18,6 +18,7 @@ public struct DescriptorParcel: Sendable {
   /// receiver owns those it received.
   public var descriptors: [FileDescriptor]
 
+  /// A parcel of the memfd `blob` and `descriptors`.
   public init(blob: FileDescriptor, descriptors: [FileDescriptor]) {
     self.blob = blob
     self.descriptors = descriptors
