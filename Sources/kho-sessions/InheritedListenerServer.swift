@@ -124,9 +124,14 @@ where Responder.Context == BasicRequestContext {
     } catch {
       response = Response(status: .internalServerError)
     }
-    if tracker.isDraining { response.headers[.connection] = "close" }
+    // Decided once: a connection is closed only after a response that said
+    // so. Asking twice let a drain that began during the write close a
+    // connection whose client had not been told, and its next request
+    // failed (a wrk read error across an upgrade).
+    let closing = tracker.isDraining
+    if closing { response.headers[.connection] = "close" }
     try await writer.write(response: response.head, body: response.body)
-    if tracker.isDraining {
+    if closing {
       // HTTP1Channel keeps a connection open unless the request asked to
       // close it; close it here, after the response is written.
       channel.close(promise: nil)
