@@ -1,9 +1,18 @@
 """What the Python test files share: a registry of tests, the loop that runs
 them and prints `N passed, M failed` last, and a free loopback port."""
 import socket
+import subprocess
 import sys
 import time
 import traceback
+
+
+def release_mount(mount):
+    """Detaches a control mount a test service left (lazily: a caller may
+    still hold a file open); fusermount3 as a user, umount as root."""
+    if subprocess.run(["fusermount3", "-u", "-z", mount],
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["umount", "-l", mount], stderr=subprocess.DEVNULL)
 
 
 def free_port():

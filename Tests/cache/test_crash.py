@@ -40,7 +40,7 @@ import tempfile
 import time
 import zlib
 
-from harness import Suite, free_port
+from harness import Suite, free_port, release_mount
 from pymemcache.client.base import Client
 
 SUITE = Suite()
@@ -114,9 +114,7 @@ class Kept:
                     self.keeper.kill()
                     self.keeper.wait()
         finally:
-            if subprocess.run(["fusermount3", "-u", "-z", self.mount],
-                              stderr=subprocess.DEVNULL).returncode != 0:
-                subprocess.run(["umount", "-l", self.mount], stderr=subprocess.DEVNULL)
+            release_mount(self.mount)
             self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 
-from harness import Suite, free_port
+from harness import Suite, free_port, release_mount
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
 
@@ -232,8 +232,7 @@ class Service:
                     self.proc.kill()
                     self.proc.wait()
         finally:
-            if subprocess.run(["fusermount3", "-u", "-z", self.mount], stderr=subprocess.DEVNULL).returncode != 0:
-                subprocess.run(["umount", "-l", self.mount], stderr=subprocess.DEVNULL)
+            release_mount(self.mount)
             self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -42,7 +42,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cache"))
-from harness import Suite, free_port  # noqa: E402
+from harness import Suite, free_port, release_mount  # noqa: E402
 
 SERVER = None
 KHO = None
@@ -131,9 +131,7 @@ class Service:
                     self.proc.kill()
                     self.proc.wait()
         finally:
-            if subprocess.run(["fusermount3", "-u", "-z", self.mount],
-                              stderr=subprocess.DEVNULL).returncode != 0:
-                subprocess.run(["umount", "-l", self.mount], stderr=subprocess.DEVNULL)
+            release_mount(self.mount)
             self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
