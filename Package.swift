@@ -115,6 +115,7 @@ let package = Package(
       name: "KHOCacheServer",
       dependencies: [
         "KHOCacheStore", "KHOSystem",
+        .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]

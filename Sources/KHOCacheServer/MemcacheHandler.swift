@@ -78,11 +78,18 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Frozen for a handover: reads nothing, runs nothing (see
   /// ConnectionHandover.swift).
   var frozenForHandover = false
-  /// The freeze's promise and descriptor, completed once no reply is left
-  /// in the channel.
-  var handoverWaiter: (EventLoopPromise<(ConnectionSnapshot, KHOSystem.FileDescriptor)?>, KHOSystem.FileDescriptor)?
+  /// The freeze waiting for this connection's queued replies to be
+  /// written (ConnectionHandover.swift).
+  var drainWaiter: LoopFreeze?
+  /// This connection's descriptor and peer, found before a freeze.
+  var handoverDescriptor: (KHOSystem.FileDescriptor, [UInt8])?
   /// Handed over by the previous image: taken up on activation.
   var restored: ConnectionSnapshot?
+  /// Handed over, and already counted against `-c` by the adoption.
+  var preAdmitted = false
+  /// When the connection last read (uptime nanoseconds): a handover hands
+  /// the busiest connections to the next image first.
+  var lastRead: UInt64 = 0
 
   /// The longest line memcached waits for without a newline (2048), unless
   /// it is a get; and how long a get line may grow before we give up.
@@ -103,7 +110,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     output = context.channel.allocator.buffer(capacity: 1024)
     // Accepted into the reserve descriptor (the process is out of them),
     // or past -c: refused either way.
-    admitted = !shared.takeOwedRefusal() && shared.admit()
+    admitted = preAdmitted || (!shared.takeOwedRefusal() && shared.admit())
     if !admitted {
       // memcached's reply when -c is reached.
       output.writeStaticString("ERROR Too many open connections\r\n")
@@ -121,10 +128,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   public func channelInactive(context: ChannelHandlerContext) {
     shared.connections.remove(self)
-    if let (promise, _) = handoverWaiter {
-      handoverWaiter = nil
-      promise.succeed(nil)
-    }
+    closing = true
+    notifyDrainWaiter()
     if admitted {
       shared.release()
       admitted = false
@@ -137,6 +142,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var buffer = unwrapInboundIn(data)
+    lastRead = NIODeadline.now().uptimeNanoseconds
     shared.bytesRead.wrappingAdd(buffer.readableBytes, ordering: .relaxed)
     guard !closing else { return }
     if !protocolChecked && refusedBinaryProtocol(buffer, context) { return }
@@ -344,7 +350,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
         self.unsentBytes -= count
         self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
         self.resumeIfRepliesFit(context)
-        self.snapshotIfDrained()
+        self.notifyDrainWaiter()
       }
       context.writeAndFlush(wrapOutboundOut(chunk), promise: written)
     }

@@ -239,6 +239,12 @@ public final class HandoverRuntime: Sendable {
   /// The fds registered for the next image.
   public var registered: NamedFileDescriptors { named.withLock { $0 } }
 
+  /// Whether an overlapped predecessor still serves until ``ready(status:)``
+  /// returns: time spent before it (warming caches, building what the
+  /// handed-over state will need) is not part of the clients' pause. False
+  /// after an in-place handover, a cold start or a crash, and once ready.
+  public var predecessorStillServes: Bool { handshake.withLock { $0 != nil } }
+
   /// Declares this image prepared: preserved memory nobody claimed is
   /// returned; after an overlapped handover, reports itself prepared to the
   /// previous image, which still serves, and waits until that one has
@@ -253,6 +259,7 @@ public final class HandoverRuntime: Sendable {
   ///   image must then exit without serving.
   @discardableResult
   public func ready(status: String? = nil) -> Bool {
+    HandoverTrace.stamp("new: ready()")
     kho.finishBoot()
     if let (readyFD, commitFD) = handshake.withLock({ h in
       defer { h = nil }
@@ -265,6 +272,7 @@ public final class HandoverRuntime: Sendable {
         return false
       }
       incomingParcel.withLock { $0 = parcel }
+      HandoverTrace.stamp("new: committed")
     }
     notify { (n) throws(SystemCallError) in try n.ready(status: status) }
     return true
@@ -349,6 +357,7 @@ public final class HandoverRuntime: Sendable {
     next.environment = environment(for: image, location, handshake: nil)
     let keep = [kho.arena.fd.rawValue] + registered.entries.map(\.fd)
     logger.info("kho: exec \(image.path) in place, generation \(kho.generation + 1)")
+    HandoverTrace.stamp("old: exec in place")
     return ProcessLauncher.execInPlace(next, keeping: keep)
   }
 
@@ -371,11 +380,13 @@ public final class HandoverRuntime: Sendable {
     let milliseconds = Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
     switch Handshake.awaitReady(pipes.readyRead, timeoutMilliseconds: milliseconds) {
     case .ready:
+      HandoverTrace.stamp("old: ready seen")
       // Prepared: only now does the state stop changing.
       do { try kho.outgoing.freeze() } catch {
         _ = Self.killAndReap(pid)
         throw .freeze(error)
       }
+      HandoverTrace.stamp("old: frozen")
       FaultInjection.reach(FaultInjection.afterFreeze)
       do { try sendParcel(on: FileDescriptor(rawValue: pipes.commitWrite)) } catch {
         let status = Self.killAndReap(pid)
@@ -393,6 +404,7 @@ public final class HandoverRuntime: Sendable {
             "it was gone when the commit was sent, after reporting ready\(status.map { "; \($0)" } ?? "")"
         )
       }
+      HandoverTrace.stamp("old: GO sent")
       notify { (n) throws(SystemCallError) in
         try n.mainPID(pid, status: "handed over to pid \(pid)")
       }

@@ -35,7 +35,13 @@ enum ConnectionHandover {
     _ context: CacheServerContext, _ runtime: HandoverRuntime, logger: Logger
   ) throws {
     let started = ContinuousClock.now
-    let taken = context.connections.freezeAll(drainTimeout: drainTimeout)
+    let taken: FrozenConnections
+    do {
+      taken = try context.connections.freezeAll(drainTimeout: drainTimeout)
+    } catch {
+      logger.error("kho-cache: cannot freeze the connections: \(error)")
+      throw error
+    }
     let frozen = ContinuousClock.now
     let blob: KHOSystem.FileDescriptor
     do {
@@ -46,26 +52,30 @@ enum ConnectionHandover {
       throw error
     }
     do {
-      try blob.writeAll(ConnectionRecords.encode(taken.map(\.0)))
+      try blob.writeAll(taken.records)
     } catch {
       logger.error("kho-cache: cannot write the connection records: \(error)")
       blob.closeIgnoringErrors()
       throw error
     }
-    runtime.offer(DescriptorParcel(blob: blob, descriptors: taken.map(\.1)))
+    runtime.offer(DescriptorParcel(blob: blob, descriptors: taken.descriptors))
     logger.info(
-      "kho-cache: handing over \(taken.count) connections (frozen in \(frozen - started), records in \(ContinuousClock.now - frozen))"
+      "kho-cache: handing over \(taken.descriptors.count) connections (frozen in \(frozen - started), records in \(ContinuousClock.now - frozen))"
     )
   }
 
-  /// In the next image, once the predecessor let go: adopts the
+  /// In the next image, once the predecessor let go: starts adopting the
   /// connections it handed over (all closed if their records are not
-  /// readable).
+  /// readable), the most recently active first. Returns when every one is
+  /// taken up (logged), or nil when there was nothing to adopt; the caller
+  /// serves new connections meanwhile, and starts the next handover's
+  /// controls only after it (a connection not yet taken up could not be
+  /// handed over again).
   static func adopt(
     _ runtime: HandoverRuntime, group: any EventLoopGroup, context: CacheServerContext,
     logger: Logger
-  ) {
-    guard let parcel = runtime.takeParcel() else { return }
+  ) -> EventLoopFuture<Void>? {
+    guard let parcel = runtime.takeParcel() else { return nil }
     let started = ContinuousClock.now
     defer { parcel.blob.closeIgnoringErrors() }
     let maxCount = DescriptorParcel.maxDescriptors
@@ -77,17 +87,20 @@ enum ConnectionHandover {
         "kho-cache: the handed-over connection records are malformed; closing \(parcel.descriptors.count) connections"
       )
       for fd in parcel.descriptors { fd.closeIgnoringErrors() }
-      return
+      return nil
     }
-    let adopted = ConnectionAdoption.adopt(
+    let (checked, adopted) = ConnectionAdoption.adopt(
       snapshots, descriptors: parcel.descriptors, group: group, context: context)
-    if adopted < snapshots.count {
-      logger.warning(
-        "kho-cache: adopted \(adopted) of \(snapshots.count) handed-over connections (the rest failed the checks or -c)"
-      )
-    } else {
-      logger.info(
-        "kho-cache: adopted \(adopted) handed-over connections in \(ContinuousClock.now - started)")
+    return adopted.map { adopted in
+      if adopted < snapshots.count {
+        logger.warning(
+          "kho-cache: adopted \(adopted) of \(snapshots.count) handed-over connections (\(snapshots.count - checked) failed the checks or -c)"
+        )
+      } else {
+        logger.info(
+          "kho-cache: adopted \(adopted) handed-over connections in \(ContinuousClock.now - started)"
+        )
+      }
     }
   }
 

@@ -112,6 +112,7 @@ struct KHOCacheCommand: ParsableCommand {
 
     let itemSizeMax = parseSize(maxItemSize)!
     let regionSize = CacheStore.regionSize(memoryLimit: memoryLimit << 20, itemSizeMax: itemSizeMax)
+    HandoverTrace.stamp("new: main")
     let runtime = try HandoverRuntime.boot(khoOptions(regionSize: regionSize), logger: logger)
     // Prepare all that can be prepared while an overlapped predecessor
     // still serves: validate and claim its store, start the event loops,
@@ -120,19 +121,6 @@ struct KHOCacheCommand: ParsableCommand {
     let handedOver = claimStore(runtime, logger: logger)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     let listener = try listeningSocket(runtime, logger: logger)
-    guard runtime.ready(status: "starting") else { exitNow(1) }
-
-    let adopted = handedOver.flatMap { attachStore($0, runtime, logger: logger) }
-    let store =
-      try adopted
-      ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
-    let items = store.stats()["curr_items"]
-    if FaultInjection.isArmed {
-      store.setCrashHook { FaultInjection.reach($0) }
-    }
-    try registerWithKHO(store, runtime.kho)
-    preserveAcrossCrash(store, runtime.kho, logger: logger)
-
     var configuration = CacheServerConfiguration()
     configuration.maxConnections = ResourceLimits.fitOpenFileLimit(
       maxConnections: maxConnections, threads: threads)
@@ -140,16 +128,41 @@ struct KHOCacheCommand: ParsableCommand {
     configuration.tcpPort = port
     configuration.listenAddress = listen
     configuration.shutdownEnabled = enableShutdown
+    if runtime.predecessorStillServes {
+      // Connections will be handed over: pay the first adoption's costs
+      // while the predecessor still serves (in place they would only move).
+      ConnectionAdoption.warmUp(group: group, configuration: configuration)
+    }
+    guard runtime.ready(status: "starting") else { exitNow(1) }
+
+    let adopted = handedOver.flatMap { attachStore($0, runtime, logger: logger) }
+    let store =
+      try adopted
+      ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
+    HandoverTrace.stamp("new: attached")
+    if FaultInjection.isArmed {
+      store.setCrashHook { FaultInjection.reach($0) }
+    }
+    try registerWithKHO(store, runtime.kho)
+    preserveAcrossCrash(store, runtime.kho, logger: logger)
+
     let context = CacheServerContext(store: store, configuration: configuration)
+    HandoverTrace.stamp("new: context")
     try ConnectionHandover.register(context, runtime, logger: logger)
     // The handed-over connections first: their clients were there before
     // any new one (and their replies go out first).
-    ConnectionHandover.adopt(runtime, group: group, context: context, logger: logger)
+    let adoption = ConnectionHandover.adopt(runtime, group: group, context: context, logger: logger)
+    HandoverTrace.stamp("new: adopting")
     let channel = try CacheServer.bootstrap(group: group, context: context)
       .withBoundSocket(listener).wait()
+    try? adoption?.wait()
+    HandoverTrace.stamp("new: adopted")
+    let items = store.stats()["curr_items"]
     let upgrade = Upgrade(runtime: runtime, channel: channel, logger: logger)
     try? runtime.notifier.status("serving \(items) items")
+    HandoverTrace.stamp("new: listening")
     let control = try startControlMount(runtime, upgrade)
+    HandoverTrace.stamp("new: mounted")
     logger.info(
       "kho-cache: \(adopted != nil ? "took over" : "started cold with") \(items) items, generation \(runtime.kho.generation), listening on \(listen):\(port)"
     )
@@ -397,7 +410,10 @@ struct KHOCacheCommand: ParsableCommand {
       hooks: .init(
         stopServing: { upgrade.pauseAccepting() },
         resumeServing: { upgrade.resumeAccepting() },
-        committed: { exitNow(0) }))
+        committed: {
+          HandoverTrace.stamp("old: exit")
+          exitNow(0)
+        }))
   }
 }
 
