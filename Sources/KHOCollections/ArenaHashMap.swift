@@ -11,52 +11,66 @@
 /// carry an expiry (``set(_:_:expiresAt:)``); when the region is full the
 /// least recently used entries are evicted.
 ///
-/// Layout (native-endian, offsets from the region's start):
+/// Layout, version 2 (native-endian, offsets from the region's start):
 ///
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 8 | magic `"KHOCHMAP"` |
-/// | 8 | 4 | version (1) |
+/// | 8 | 4 | version (2) |
 /// | 16 | 8 | region size in use |
 /// | 24 | 8 | bucket array offset |
 /// | 32 | 8 | bucket count (a power of two) |
 /// | 40 | 8 | entries |
-/// | 48 | 8 | heap start |
-/// | 56 | 8 | heap top (bump allocation) |
+/// | 48 | 8 | heap start (a multiple of 64) |
+/// | 56 | 8 | heap top (bump allocation, a multiple of 64) |
 /// | 64, 72 | 8 each | LRU head (most recent), tail |
 /// | 80, 88 | 8 each | evictions, expirations |
 /// | 96 | 8 | hash seed |
 /// | 104 | 8 × 32 | free lists, one per size class (64 << class bytes) |
 /// | 360 | 8 | use tick (counts moves to the LRU front) |
 ///
-/// An entry: `chain next`, `lru prev`, `lru next`, `hash`, `expiry` (u64
-/// each), `key length`, `value length`, `size class`, `crc32c` (u32 each),
-/// `use tick` (u64), then the key and value bytes. The CRC covers hash through size class and
-/// the bytes; the links are checked by where they point.
+/// A bucket, and an entry's chain link, is a tagged link: the entry's
+/// offset in the low 48 bits and the top 16 bits of its key's hash above,
+/// so that a walk compares keys only with entries whose tag matches.
 ///
-/// **Never trusting the region**: ``attach(_:)`` checks the header only.
-/// Every link is checked before it is followed (inside the heap, aligned,
-/// its entry inside the heap), every walk is bounded by a cycle check, and
+/// An entry (a slot of 64 << class bytes, 64-aligned): `chain next`
+/// (tagged link), `lru prev`, `lru next`, `expiry` (u64 each), `value
+/// length` (u32), `key length` (u16), `size class` (u8), a zero byte,
+/// `use tick` (u32), `crc32c` (u32), then the key and value bytes from
+/// offset 48: an 8-byte key and value fill exactly one cache line. The CRC
+/// covers expiry through the zero byte and the bytes; the links are checked
+/// by where they point.
+///
+/// **Never trusting the region**: ``attach(_:now:)`` checks the header
+/// once and keeps the fields it checked (bucket array, heap bounds, seed)
+/// in this image's memory, so nothing written into the region later can
+/// move them. Every link is checked before it is followed (inside the
+/// heap, aligned, its slot inside the heap), every walk is bounded by a
+/// cycle check, a key is compared only when its length fits its slot, and
 /// an entry is returned only when its CRC matches. What fails is cut away
 /// and counted in ``damage``; the map never crashes on it.
 ///
 /// **Growth across upgrades**: a later image may attach the same bytes in a
-/// bigger region (the KHO helper copies them there); ``attach(_:)`` then
-/// extends the heap to the new size, and ``rehash(bucketCount:)`` moves the
-/// buckets to a bigger array in the heap. Version 1 maps are read by every
-/// later version.
+/// bigger region (the KHO helper copies them there); ``attach(_:now:)``
+/// then extends the heap to the new size, and ``rehash(bucketCount:)``
+/// moves the buckets to a bigger array in the heap. A region of another
+/// layout version (version 1 before the tagged links) is refused with
+/// ``ArenaAttachError/unsupportedVersion(_:)``.
 ///
 /// Not thread-safe: callers serialize access (a `Mutex` around it).
 public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// The string that names this layout in the map's FDT node.
-  public static var compatible: String { "kho-collections,hash-map-v1" }
+  public static var compatible: String { "kho-collections,hash-map-v2" }
   /// The layout version this image writes and reads.
-  public static var version: UInt32 { 1 }
+  public static var version: UInt32 { 2 }
 
   static var magic: UInt64 { 0x5041_4d48_434f_484b }  // "KHOCHMAP" in memory order
   static var headerSize: Int { 384 }
-  static var entryHeader: Int { 64 }
+  static var entryHeader: Int { 48 }
   static var classCount: Int { 32 }
+  /// The longest key an entry can record (its length is a u16).
+  public static var maximumKeyLength: Int { Int(UInt16.max) }
+  static var offsetMask: UInt64 { 0xFFFF_FFFF_FFFF }
 
   let region: Region
   /// What was found damaged and dropped since this image attached: cut
@@ -65,9 +79,33 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// The clock expiry times are compared with (seconds).
   let now: () -> UInt64
 
+  // The header fields checked by `checkHeader`, kept here: reading them
+  // from the region on every operation costs loads and, worse, would let a
+  // later stray write to the region move the bounds every check relies on.
+  // Each is written through to the region when it changes.
+  private let size: Int
+  private let seed: UInt64
+  private let heapStart: Int
+  private var bucketsAt: Int
+  private var bucketMask: UInt64
+  private var heapTop: Int {
+    didSet { region.store64(UInt64(heapTop), 56) }
+  }
+  private var entries: Int {
+    didSet { region.store64(UInt64(entries), 40) }
+  }
+
   private init(_ region: Region, now: @escaping () -> UInt64) {
     self.region = region
     self.now = now
+    size = Int(truncatingIfNeeded: region.load64(16))
+    seed = region.load64(96)
+    heapStart = Int(truncatingIfNeeded: region.load64(48))
+    bucketsAt = Int(truncatingIfNeeded: region.load64(24))
+    bucketMask = region.load64(32) &- 1
+    heapTop = Int(truncatingIfNeeded: region.load64(56))
+    // The count is only ever a statistic and a threshold: clamped, never trusted.
+    entries = Int(clamping: Swift.min(region.load64(40), region.load64(16) / 64))
   }
 
   // MARK: Creating and attaching
@@ -79,13 +117,12 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     now: @escaping () -> UInt64 = wallClockSeconds
   ) throws(ArenaAttachError) -> ArenaHashMap {
     let buckets = nextPowerOfTwo(Swift.min(Swift.max(1, bucketCount), bytes.count / 8))
-    let heapStart = headerSize + buckets * 8
+    let heapStart = roundUp64(headerSize + buckets * 8)
     guard bytes.count >= heapStart + 64 else {
       throw .tooSmall(needed: heapStart + 64, have: bytes.count)
     }
-    let map = ArenaHashMap(Region(bytes), now: now)
-    let r = map.region
-    (r.base).initializeMemory(as: UInt8.self, repeating: 0, count: heapStart)
+    let r = Region(bytes)
+    r.base.initializeMemory(as: UInt8.self, repeating: 0, count: heapStart)
     r.store64(magic, 0)
     r.store32(version, 8)
     r.store64(UInt64(bytes.count), 16)
@@ -94,53 +131,47 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     r.store64(UInt64(heapStart), 48)
     r.store64(UInt64(heapStart), 56)
     r.store64(UInt64.random(in: 1...UInt64.max), 96)
-    return map
+    return ArenaHashMap(r, now: now)
   }
 
   /// Attaches the map the previous image left in `bytes`: O(1), the header
   /// checked, nothing else touched. A region bigger than the map's size
-  /// grows the map's heap to it.
+  /// grows the map's heap to it. A map of another layout version throws
+  /// ``ArenaAttachError/unsupportedVersion(_:)``.
   public static func attach(
     _ bytes: UnsafeMutableRawBufferPointer, now: @escaping () -> UInt64 = wallClockSeconds
   ) throws(ArenaAttachError) -> ArenaHashMap {
     guard bytes.count >= headerSize else { throw .tooSmall(needed: headerSize, have: bytes.count) }
-    let map = ArenaHashMap(Region(bytes), now: now)
-    try map.checkHeader()
-    if Int(map.region.load64(16)) < bytes.count { map.region.store64(UInt64(bytes.count), 16) }
-    return map
+    let r = Region(bytes)
+    try checkHeader(r)
+    if Int(r.load64(16)) < bytes.count { r.store64(UInt64(bytes.count), 16) }
+    return ArenaHashMap(r, now: now)
   }
 
-  private func checkHeader() throws(ArenaAttachError) {
-    let r = region
-    guard r.load64(0) == Self.magic else { throw .badMagic(r.load64(0)) }
-    guard r.load32(8) == Self.version else { throw .unsupportedVersion(r.load32(8)) }
+  private static func checkHeader(_ r: Region) throws(ArenaAttachError) {
+    guard r.load64(0) == magic else { throw .badMagic(r.load64(0)) }
+    guard r.load32(8) == version else { throw .unsupportedVersion(r.load32(8)) }
     let size = r.load64(16)
-    guard size >= UInt64(Self.headerSize), size <= UInt64(r.count) else {
+    guard size >= UInt64(headerSize), size <= UInt64(r.count) else {
       throw .badHeader("size \(size) for a region of \(r.count)")
     }
     let bucketsAt = r.load64(24)
     let buckets = r.load64(32)
     guard buckets > 0, buckets & (buckets - 1) == 0, buckets <= size / 8,
-      bucketsAt >= UInt64(Self.headerSize), bucketsAt % 8 == 0, bucketsAt + buckets * 8 <= size
+      bucketsAt >= UInt64(headerSize), bucketsAt % 8 == 0, bucketsAt + buckets * 8 <= size
     else { throw .badHeader("bucket array \(bucketsAt) × \(buckets)") }
     let heapStart = r.load64(48)
     let heapTop = r.load64(56)
-    guard heapStart >= UInt64(Self.headerSize), heapStart % 8 == 0, heapStart <= heapTop,
-      heapTop <= size, heapTop % 8 == 0
+    // Offsets live in 48 bits of a tagged link: a bigger region cannot be addressed.
+    guard heapStart >= UInt64(headerSize), heapStart % 64 == 0, heapStart <= heapTop,
+      heapTop <= size, heapTop % 64 == 0, size <= offsetMask
     else { throw .badHeader("heap \(heapStart)..<\(heapTop)") }
   }
 
   // MARK: Header fields
 
-  private var size: Int { Int(truncatingIfNeeded: region.load64(16)) }
-  private var bucketsAt: Int { Int(truncatingIfNeeded: region.load64(24)) }
-  private var bucketMask: UInt64 { region.load64(32) &- 1 }
-  private var heapStart: Int { Int(truncatingIfNeeded: region.load64(48)) }
-  private var heapTop: Int { Int(truncatingIfNeeded: region.load64(56)) }
-  private var seed: UInt64 { region.load64(96) }
-
   /// The entries in the map (expired ones not yet met included).
-  public var count: Int { Swift.min(Int(clamping: region.load64(40)), size / 64) }
+  public var count: Int { entries }
   /// Whether the map holds no entry.
   public var isEmpty: Bool { count == 0 }
   /// Entries evicted to make room, over the map's whole life.
@@ -153,8 +184,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   public var bucketCount: Int { Int(bucketMask) + 1 }
 
   private func addToCount(_ delta: Int) {
-    let value = Swift.max(0, count + delta)  // count is at most size / 64: no overflow
-    region.store64(UInt64(value), 40)
+    entries = Swift.max(0, entries + delta)  // entries is at most size / 64: no overflow
   }
 
   // MARK: Hashing
@@ -183,35 +213,55 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     return z ^ (z >> 29)
   }
 
+  /// The link to the entry at `at` for a key of hash `h`: the offset, and
+  /// the hash's top 16 bits as a tag a walk compares before the key.
+  @inline(__always) private static func link(to at: Int, hash h: UInt64) -> UInt64 {
+    UInt64(at) | (h & ~offsetMask)
+  }
+
+  @inline(__always) private func bucket(for h: UInt64) -> Int {
+    bucketsAt &+ Int(truncatingIfNeeded: h & bucketMask) &* 8
+  }
+
   // MARK: Entry checks
 
-  /// Whether `at` may be an entry: in the heap, aligned, its header and
-  /// its size class inside the heap.
+  /// Whether `at` may be an entry: in the heap, 64-aligned, its header and
+  /// its slot inside the heap.
   @inline(__always) func isEntry(_ at: Int) -> Bool {
-    guard at >= heapStart, at & 7 == 0, at <= heapTop - Self.entryHeader else { return false }
-    let sizeClass = Int(region.load32(at + 48))
+    guard at >= heapStart, at & 63 == 0, at <= heapTop - Self.entryHeader else { return false }
+    let sizeClass = Int(region.load8(at + 38))
     guard sizeClass < Self.classCount else { return false }
     return at <= heapTop - (64 << sizeClass)
   }
 
-  @inline(__always) private func keyLength(_ at: Int) -> Int { Int(region.load32(at + 40)) }
-  @inline(__always) private func valueLength(_ at: Int) -> Int { Int(region.load32(at + 44)) }
-
-  /// The entry's CRC over its hash, expiry, lengths, class and bytes.
-  @inline(__always) private func entryCRC(_ at: Int) -> UInt32? {
-    let payload = keyLength(at) + valueLength(at)
-    guard payload <= (64 << Int(region.load32(at + 48))) - Self.entryHeader else { return nil }
-    return region.crc(at + Self.entryHeader, payload, continuing: region.crc(at + 24, 28))
+  @inline(__always) private func keyLength(_ at: Int) -> Int { Int(region.load16(at + 36)) }
+  @inline(__always) private func valueLength(_ at: Int) -> Int { Int(region.load32(at + 32)) }
+  /// The bytes an entry's slot has for key and value (after `isEntry`).
+  @inline(__always) private func payloadCapacity(_ at: Int) -> Int {
+    (64 << Int(region.load8(at + 38))) - Self.entryHeader
   }
 
-  /// Whether the entry is intact: lengths that fit its class, a CRC that
+  /// The entry's CRC over its expiry, lengths, class and bytes, or `nil`
+  /// when the lengths do not fit its slot.
+  @inline(__always) private func entryCRC(_ at: Int) -> UInt32? {
+    let payload = keyLength(at) + valueLength(at)
+    guard payload <= payloadCapacity(at) else { return nil }
+    return region.crc(at + Self.entryHeader, payload, continuing: region.crc(at + 24, 16))
+  }
+
+  /// Whether the entry is intact: lengths that fit its slot, a CRC that
   /// matches.
   @inline(__always) func isIntact(_ at: Int) -> Bool {
-    entryCRC(at) == region.load32(at + 52)
+    entryCRC(at) == region.load32(at + 44)
+  }
+
+  /// The entry's key bytes (after `isIntact`, which checked the length).
+  @inline(__always) private func keyBytes(_ at: Int) -> UnsafeRawBufferPointer {
+    region.bytes(at + Self.entryHeader, keyLength(at))
   }
 
   @inline(__always) private func isExpired(_ at: Int, now: UInt64) -> Bool {
-    let expiry = region.load64(at + 32)
+    let expiry = region.load64(at + 24)
     return expiry != 0 && expiry <= now
   }
 
@@ -220,34 +270,32 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// Finds the entry for `key`, dropping damaged and expired entries met on
   /// the way. Returns its offset.
   private func find(_ key: UnsafeRawBufferPointer, hash h: UInt64) -> Int? {
-    let bucket = bucketsAt + Int(truncatingIfNeeded: h & bucketMask) * 8
-    var link = bucket
+    let tag = h & ~Self.offsetMask
+    var link = bucket(for: h)
     var guardian = CycleGuard()
-    var clock: UInt64? = nil
     while true {
-      let at = Int(truncatingIfNeeded: region.load64(link))
+      let word = region.load64(link)
+      let at = Int(truncatingIfNeeded: word & Self.offsetMask)
       if at == 0 { return nil }
       guard isEntry(at), !guardian.hasLooped(at) else {
         cut(link)
         return nil
       }
-      if region.load64(at + 24) == h, keyLength(at) == key.count,
-        memcmp(
-          region.base + at + Self.entryHeader, key.baseAddress ?? UnsafeRawPointer(region.base),
-          key.count) == 0
+      // The tag first (no load), then the length against the caller's and
+      // against the slot, so the comparison never reads past the entry.
+      if word & ~Self.offsetMask == tag, keyLength(at) == key.count,
+        key.count <= payloadCapacity(at),
+        key.count == 0
+          || memcmp(region.base + at + Self.entryHeader, key.baseAddress!, key.count) == 0
       {
         guard isIntact(at) else {
           dropDamaged(at, link: link)
           return nil
         }
-        if region.load64(at + 32) != 0 {
-          let t = clock ?? now()
-          clock = t
-          if isExpired(at, now: t) {
-            unlinkChain(at, link: link)
-            region.store64(region.load64(88) &+ 1, 88)
-            return nil
-          }
+        if region.load64(at + 24) != 0, isExpired(at, now: now()) {
+          unlinkChain(at, link: link)
+          region.store64(region.load64(88) &+ 1, 88)
+          return nil
         }
         return at
       }
@@ -270,7 +318,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// Removes the entry at `at` (reached through `link`) from its chain and
   /// the LRU and frees it.
   private func unlinkChain(_ at: Int, link: Int) {
-    region.store64(region.load64(at), link)
+    region.store64(region.load64(at), link)  // the next entry's tagged link, tag and all
     unlinkLRU(at)
     addToCount(-1)
     free(at)
@@ -336,7 +384,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   @usableFromInline
   func expiry(forKeyBytes key: UnsafeRawBufferPointer) -> UInt64? {
     guard let at = find(key, hash: hash(key)) else { return nil }
-    return region.load64(at + 32)
+    return region.load64(at + 24)
   }
 
   // MARK: Updates
@@ -368,23 +416,24 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   ) throws(SetError) {
     let h = hash(key)
     if let old = find(key, hash: h) { remove(old, hash: h) }
+    guard key.count <= Self.maximumKeyLength else { throw .tooLarge(key.count) }
     let payload = key.count + value.count
     guard payload <= UInt32.max, let sizeClass = Self.sizeClass(for: payload) else {
       throw .tooLarge(payload)
     }
     let at = try allocate(sizeClass)
     let r = region
-    r.store64(h, at + 24)
-    r.store64(expiresAt, at + 32)
-    r.store32(UInt32(key.count), at + 40)
-    r.store32(UInt32(value.count), at + 44)
-    r.store32(UInt32(sizeClass), at + 48)
+    r.store64(expiresAt, at + 24)
+    r.store32(UInt32(value.count), at + 32)
+    r.store16(UInt16(key.count), at + 36)
+    r.store8(UInt8(sizeClass), at + 38)
+    r.store8(0, at + 39)
     r.copy(key, to: at + Self.entryHeader)
     r.copy(value, to: at + Self.entryHeader + key.count)
-    r.store32(entryCRC(at) ?? 0, at + 52)
-    let bucket = bucketsAt + Int(truncatingIfNeeded: h & bucketMask) * 8
+    r.store32(entryCRC(at) ?? 0, at + 44)
+    let bucket = bucket(for: h)
     r.store64(r.load64(bucket), at)
-    r.store64(UInt64(at), bucket)
+    r.store64(Self.link(to: at, hash: h), bucket)
     pushLRU(at)
     addToCount(1)
   }
@@ -411,17 +460,17 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     for c in 0..<Self.classCount { r.store64(0, 104 + c * 8) }
     r.store64(0, 64)
     r.store64(0, 72)
-    r.store64(0, 40)
-    r.store64(UInt64(Swift.max(heapStart, bucketsAt + bucketCount * 8)), 56)
+    entries = 0
+    heapTop = Swift.max(heapStart, roundUp64(bucketsAt + bucketCount * 8))
   }
 
   /// Removes the entry at `at` from its chain (found again by walking the
   /// bucket from its head).
   @discardableResult private func remove(_ at: Int, hash h: UInt64) -> Bool {
-    var link = bucketsAt + Int(truncatingIfNeeded: h & bucketMask) * 8
+    var link = bucket(for: h)
     var guardian = CycleGuard()
     while true {
-      let next = Int(truncatingIfNeeded: region.load64(link))
+      let next = Int(truncatingIfNeeded: region.load64(link) & Self.offsetMask)
       if next == 0 { return false }
       guard isEntry(next), !guardian.hasLooped(next) else {
         cut(link)
@@ -453,8 +502,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       if let at = popFree(sizeClass) { return at }
       if heapTop + bytes <= size {
         let at = heapTop
-        region.store64(UInt64(at + bytes), 56)
-        region.store32(UInt32(sizeClass), at + 48)
+        heapTop = at + bytes
         return at
       }
       // Bounded by what the heap can hold, not by the (untrusted) count.
@@ -464,9 +512,9 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   private func free(_ at: Int) {
-    let sizeClass = Int(region.load32(at + 48))
+    let sizeClass = Int(region.load8(at + 38))
     let list = 104 + sizeClass * 8
-    region.store32(0, at + 52)  // a freed entry never passes the CRC again
+    region.store32(0, at + 44)  // a freed entry never passes the CRC again
     region.store64(region.load64(list), at)
     region.store64(UInt64(at), list)
   }
@@ -477,7 +525,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     let list = 104 + sizeClass * 8
     let at = Int(truncatingIfNeeded: region.load64(list))
     if at == 0 { return nil }
-    guard isEntry(at), Int(region.load32(at + 48)) == sizeClass else {
+    guard isEntry(at), Int(region.load8(at + 38)) == sizeClass else {
       cut(list)
       return nil
     }
@@ -493,7 +541,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   private func pushLRU(_ at: Int) {
     let tick = region.load64(360) &+ 1
     region.store64(tick, 360)
-    region.store64(tick, at + 56)
+    region.store32(UInt32(truncatingIfNeeded: tick), at + 40)
     let head = lruHead
     region.store64(0, at + 8)
     region.store64(UInt64(head), at + 16)
@@ -533,8 +581,12 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// most once a minute): a hit on a recent entry writes nothing, so reads
   /// stay cheap and the order is LRU to within half the list.
   @inline(__always) private func touch(_ at: Int) {
-    let tick = region.load64(360)
-    guard tick &- region.load64(at + 56) > UInt64(count / 2), lruHead != at else { return }
+    // 32 bits of tick, compared with wrapping: an entry untouched for 2^32
+    // moves may look recent once, which costs only order.
+    let tick = UInt32(truncatingIfNeeded: region.load64(360))
+    guard tick &- region.load32(at + 40) > UInt32(clamping: count / 2), lruHead != at else {
+      return
+    }
     unlinkLRU(at)
     pushLRU(at)
   }
@@ -548,7 +600,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       rebuildLRU(excluding: nil)
       return lruTail != 0
     }
-    if !remove(tail, hash: region.load64(tail + 24)) {
+    if !remove(tail, hash: hash(keyBytes(tail))) {
       // In the LRU but in no chain: damage; take it off the list alone.
       damage += 1
       unlinkLRU(tail)
@@ -570,7 +622,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       var link = bucketsAt + bucket * 8
       var guardian = CycleGuard()
       while true {
-        let at = Int(truncatingIfNeeded: region.load64(link))
+        let at = Int(truncatingIfNeeded: region.load64(link) & Self.offsetMask)
         if at == 0 { break }
         guard isEntry(at), !guardian.hasLooped(at), isIntact(at) else {
           cut(link)
@@ -583,7 +635,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
         link = at
       }
     }
-    region.store64(UInt64(kept + (excluded == nil ? 0 : 1)), 40)
+    entries = kept + (excluded == nil ? 0 : 1)
   }
 
   // MARK: Growth
@@ -596,30 +648,36 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     let buckets = nextPowerOfTwo(newCount)
     guard buckets > bucketCount else { return }
     let at = heapTop
-    guard at + buckets * 8 <= size else { throw .full }
-    region.store64(UInt64(at + buckets * 8), 56)
-    (region.base + at).initializeMemory(as: UInt8.self, repeating: 0, count: buckets * 8)
-    var entries: [Int] = []
+    // Rounded to 64 so that the entries allocated after it stay aligned.
+    let arrayBytes = roundUp64(buckets * 8)
+    guard at + arrayBytes <= size else { throw .full }
+    heapTop = at + arrayBytes
+    (region.base + at).initializeMemory(as: UInt8.self, repeating: 0, count: arrayBytes)
+    var moved: [(entry: Int, hash: UInt64)] = []
     for bucket in 0..<bucketCount {
       var link = bucketsAt + bucket * 8
       var guardian = CycleGuard()
       while true {
-        let entry = Int(truncatingIfNeeded: region.load64(link))
+        let entry = Int(truncatingIfNeeded: region.load64(link) & Self.offsetMask)
         if entry == 0 { break }
         guard isEntry(entry), !guardian.hasLooped(entry), isIntact(entry) else {
           cut(link)
           break
         }
-        entries.append(entry)
+        // The hash is not stored: recomputed from the key, whose length
+        // `isIntact` has just checked against the slot.
+        moved.append((entry, hash(keyBytes(entry))))
         link = entry
       }
     }
+    bucketsAt = at
+    bucketMask = UInt64(buckets - 1)
     region.store64(UInt64(at), 24)
     region.store64(UInt64(buckets), 32)
-    for entry in entries {
-      let bucket = at + Int(truncatingIfNeeded: region.load64(entry + 24) & UInt64(buckets - 1)) * 8
+    for (entry, h) in moved {
+      let bucket = bucket(for: h)
       region.store64(region.load64(bucket), entry)
-      region.store64(UInt64(entry), bucket)
+      region.store64(Self.link(to: entry, hash: h), bucket)
     }
     rebuildLRU(excluding: nil)
   }
@@ -641,7 +699,7 @@ extension ArenaHashMap: Sequence {
       while true {
         while pending == 0 {
           guard bucket < map.bucketCount else { return nil }
-          pending = Int(truncatingIfNeeded: map.region.load64(map.bucketsAt + bucket * 8))
+          pending = map.chainHead(bucket)
           bucket += 1
           guardian = CycleGuard()
         }
@@ -650,12 +708,12 @@ extension ArenaHashMap: Sequence {
           pending = 0
           continue
         }
-        pending = Int(truncatingIfNeeded: map.region.load64(at))
+        pending = Int(truncatingIfNeeded: map.region.load64(at) & ArenaHashMap.offsetMask)
         guard map.isIntact(at) else { continue }
-        let expiry = map.region.load64(at + 32)
+        let expiry = map.region.load64(at + 24)
         if expiry != 0 && expiry <= now { continue }
-        let keyLength = Int(map.region.load32(at + 40))
-        let valueLength = Int(map.region.load32(at + 44))
+        let keyLength = Int(map.region.load16(at + 36))
+        let valueLength = Int(map.region.load32(at + 32))
         let start = at + ArenaHashMap.entryHeader
         guard let key = Key(arenaBytes: map.region.bytes(start, keyLength)),
           let value = Value(arenaBytes: map.region.bytes(start + keyLength, valueLength))
@@ -665,6 +723,14 @@ extension ArenaHashMap: Sequence {
     }
   }
 
+  /// The first entry of bucket `index`'s chain (0 for none), for the iterator.
+  fileprivate func chainHead(_ index: Int) -> Int {
+    Int(truncatingIfNeeded: region.load64(bucketsAt + index * 8) & Self.offsetMask)
+  }
+
   /// An iterator over the live entries, in bucket order.
   public func makeIterator() -> Iterator { Iterator(map: self, now: now()) }
 }
+
+/// `n` rounded up to a multiple of 64, the alignment of every entry.
+func roundUp64(_ n: Int) -> Int { (n + 63) & ~63 }

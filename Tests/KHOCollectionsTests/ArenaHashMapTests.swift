@@ -70,7 +70,8 @@ struct SplitMix: RandomNumberGenerator {
   }
 
   @Test func evictsTheLeastRecentlyUsedAtTheMemoryBound() throws {
-    let memory = TestRegion(ArenaHashMap<UInt64, UInt64>.headerSize + 8 * 8 + 128 * 10)  // entries of 8 + 8 bytes take 128
+    // Eight buckets, then room for ten entries of 8 + 8 bytes (one 64-byte slot each).
+    let memory = TestRegion(ArenaHashMap<UInt64, UInt64>.headerSize + 8 * 8 + 64 * 10)
     let map = try ArenaHashMap<UInt64, UInt64>.format(memory.bytes, bucketCount: 8)
     for i in 0..<10 { map[UInt64(i)] = UInt64(i) }
     #expect(map.count == 10)
@@ -125,6 +126,35 @@ struct SplitMix: RandomNumberGenerator {
     #expect(throws: ArenaAttachError.self) {
       try ArenaHashMap<UInt64, UInt64>.attach(
         UnsafeMutableRawBufferPointer(rebasing: memory.bytes[0..<100]))
+    }
+  }
+
+  @Test func refusesAMapOfAnOlderLayoutVersionClearly() throws {
+    typealias Map = ArenaHashMap<String, UInt64>
+    #expect(Map.version == 2)
+    #expect(Map.compatible == "kho-collections,hash-map-v2")
+    let memory = TestRegion(1 << 14)
+    let map = try Map.format(memory.bytes, bucketCount: 16)
+    map["kept"] = 1
+    // What a version-1 image left: same magic, version 1 (chained entries
+    // with a 64-byte header), which this image must not read as its own.
+    memory.bytes.storeBytes(of: UInt32(1), toByteOffset: 8, as: UInt32.self)
+    #expect(throws: ArenaAttachError.unsupportedVersion(1)) { try Map.attach(memory.bytes) }
+    #expect(ArenaAttachError.unsupportedVersion(1).description == "unsupported version 1")
+  }
+
+  @Test func neverReadsAKeyPastItsSlotWhateverItsLengthSays() throws {
+    let memory = TestRegion(1 << 14)
+    let map = try ArenaHashMap<[UInt8], UInt64>.format(memory.bytes, bucketCount: 16)
+    let key = [UInt8](repeating: 7, count: 40)
+    map[key] = 5
+    // A longer key that hashes anywhere: its length, if it were written in
+    // the entry, would run past the 64-byte slot; the lookup must say no.
+    let long = [UInt8](repeating: 7, count: 4000)
+    #expect(map[long] == nil)
+    #expect(map[key] == 5)
+    #expect(throws: ArenaHashMap<[UInt8], UInt64>.SetError.tooLarge(70_000)) {
+      try map.set([UInt8](repeating: 1, count: 70_000), 1)
     }
   }
 

@@ -93,4 +93,22 @@ import Testing
         in: new, name: "thing", compatible: ArenaHashMap<UInt64, UInt64>.compatible, bytes: 4096)
     }
   }
+
+  @Test func refusesAMapNodeOfAnOlderVersion() throws {
+    // The previous image wrote version 1 of the map; this one reads only 2:
+    // opening the node fails with a message naming the compatible wanted,
+    // and the service formats a fresh range instead of misreading the old.
+    let old = try KHO.boot(options, handover: nil)
+    _ = try KHOCollectionRegion.open(
+      in: old, name: "sessions", compatible: "kho-collections,hash-map-v1", bytes: 4096)
+    let new = try handOver(old)
+    let compatible = ArenaHashMap<String, String>.compatible
+    do {
+      _ = try KHOCollectionRegion.open(
+        in: new, name: "sessions", compatible: compatible, bytes: 4096)
+      Issue.record("a version-1 node was opened as version 2")
+    } catch {
+      #expect("\(error)" == "collection node: sessions is not \(compatible)")
+    }
+  }
 }
