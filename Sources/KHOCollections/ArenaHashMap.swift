@@ -318,7 +318,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
         {
           guard isIntact(at) else {
             damage += 1
-            removeEntry(at, slot: index)
+            removeEntry(at, slot: index, free: false)
             return nil
           }
           if region.load64(at + 8) != 0, isExpired(at, now: now()) {
@@ -366,12 +366,14 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   /// Removes the entry at `at` (whose slot is `index`) from the table and
-  /// the LRU and frees it.
-  private func removeEntry(_ at: Int, slot index: Int) {
+  /// the LRU, and frees it unless it is damaged: a damaged entry's memory
+  /// may be free already or overlap another, and a free list must never
+  /// hand the same bytes out twice, so it leaks until `removeAll`.
+  private func removeEntry(_ at: Int, slot index: Int, free freeIt: Bool = true) {
     clearSlot(index)
     unlinkLRU(at)
     addToCount(-1)
-    free(at)
+    if freeIt { free(at) }
   }
 
   /// Calls `body` with the bytes of the value for `key`, or returns `nil`
@@ -512,7 +514,12 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// neither works.
   private func makeRoomInTable() -> Bool {
     var recounted = false
+    // Each turn doubles the table or drops an entry, but damage can make an
+    // eviction drop nothing: bounded by what the table can hold.
+    var turns = 0
     while entries >= bucketCount - bucketCount / 4 {
+      turns += 1
+      guard turns <= 2 * bucketCount + 64 else { return false }
       if (try? rehash(bucketCount: bucketCount * 2)) != nil { continue }
       if evictLeastRecent() { continue }
       // The count came from the region: recount once before giving up.
@@ -721,10 +728,13 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       }
       index += 1
     }
+    // Two slots may lead to one entry (damage): it is pushed once, or the
+    // list would loop on it.
     var kept = 0
+    var pushed = Set<Int>()
     for index in 0...slotMask {
       let at = Self.entry(ofSlot: slot(index))
-      if at != 0, at != excluded {
+      if at != 0, at != excluded, pushed.insert(at).inserted {
         pushLRU(at)
         kept += 1
       }

@@ -195,7 +195,8 @@ struct SplitMix: RandomNumberGenerator {
 
   /// Damages random bytes past the header of a filled map, then uses it:
   /// no crash, no hang, and every value read back is one that was stored.
-  @Test(arguments: 0..<40) func survivesRandomDamageAndReturnsOnlyStoredValues(seed: UInt64) throws
+  @Test(arguments: 0..<40) func survivesRandomDamageAndReturnsOnlyStoredValues(seed: UInt64)
+    throws
   {
     var random = SplitMix(state: seed)
     let memory = TestRegion(1 << 15)
@@ -248,5 +249,40 @@ extension ArenaHashMapTests {
     for i in 0..<400 {
       if let value = attached[UInt64(i)] { #expect(value == UInt64(i) * 11) }
     }
+  }
+
+  /// Damages a small map's slots, entries and LRU while it evicts at its
+  /// memory bound, doubles its table and removes: no crash, no hang, and
+  /// every value read is one that was stored for that key.
+  @Test(arguments: 0..<100) func survivesDamageWhileEvictingGrowingAndRemoving(seed: UInt64)
+    throws
+  {
+    var random = SplitMix(state: seed &+ 5000)
+    let memory = TestRegion(1 << 13)
+    let map = try ArenaHashMap<UInt64, [UInt8]>.format(memory.bytes, bucketCount: 4)
+    func value(_ key: UInt64) -> [UInt8] {
+      Array(repeating: UInt8(truncatingIfNeeded: key), count: Int(key % 90))
+    }
+    for round in 0..<20 {
+      for _ in 0..<40 {
+        let key = random.next() % 200
+        switch random.next() % 4 {
+        case 0: map.removeValue(forKey: key)
+        case 1: if let found = map[key] { #expect(found == value(key)) }
+        default: try? map.set(key, value(key))
+        }
+      }
+      if round % 4 == 3 {
+        for _ in 0..<(1 + random.next() % 16) {
+          let at =
+            ArenaHashMap<UInt64, [UInt8]>.headerSize
+            + Int(
+              random.next() % UInt64(memory.bytes.count - ArenaHashMap<UInt64, [UInt8]>.headerSize))
+          memory.bytes[at] = UInt8(truncatingIfNeeded: random.next())
+        }
+      }
+    }
+    for (key, found) in map { #expect(found == value(key)) }
+    #expect(map.count <= map.bucketCount)
   }
 }
