@@ -8,7 +8,8 @@ import Testing
 #endif
 
 // The article GrowingAcrossUpgrades (KHOCollections.docc) shows
-// `openSessions` verbatim: a change here goes there too.
+// `openSessions` verbatim, and the landing page KHOCollections.md the body
+// of `theLandingPagesExampleRuns`: a change here goes there too.
 
 typealias Sessions = ArenaHashMap<String, String>
 
@@ -78,5 +79,18 @@ func openSessions(in kho: KHO, bytes: UInt64) throws -> Sessions {
     #expect(fresh.isEmpty)
     fresh["c"] = "d"
     #expect(fresh["c"] == "d")
+  }
+
+  @Test func theLandingPagesExampleRuns() throws {
+    let kho = try KHO.boot(options, handover: nil)
+    typealias Sessions = ArenaHashMap<String, String>
+
+    let region = try KHOCollectionRegion.open(
+      in: kho, name: "sessions", compatible: Sessions.compatible, bytes: 16 << 20)
+    let sessions =
+      region.handedOver ? try Sessions.attach(region.bytes) : try Sessions.format(region.bytes)
+    sessions["id-1"] = "alice"
+
+    #expect(try Sessions.attach(region.bytes)["id-1"] == "alice")
   }
 }
