@@ -38,11 +38,11 @@
 /// quarters full, in the heap, while the heap has room.
 ///
 /// An entry (a slot of 64 << class bytes, 64-aligned): `lru prev`, `lru
-/// next` (u32, in 64-byte units), `expiry` (u64), `value length` (u32),
-/// `key length` (u16), `size class` (u8), a zero byte, `use tick` (u32),
-/// `crc32c` (u32), then the key and value bytes from offset 32: a
+/// next` (u32, in 64-byte units), `use tick` (u32), `crc32c` (u32),
+/// `expiry` (u64), `value length` (u32), `key length` (u16), `size class`
+/// (u8), a zero byte, then the key and value bytes from offset 32: a
 /// 24-byte key with an 8-byte value fills exactly one cache line. The CRC
-/// covers expiry through the zero byte and the bytes; the links are
+/// covers expiry through the bytes, one contiguous run; the links are
 /// checked by where they point.
 ///
 /// **Never trusting the region**: ``attach(_:now:)`` checks the header
@@ -255,16 +255,16 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   /// its memory inside the heap.
   @inline(__always) func isEntry(_ at: Int) -> Bool {
     guard at >= heapStart, at & 63 == 0, at <= heapTop - 64 else { return false }
-    let sizeClass = Int(region.load8(at + 22))
+    let sizeClass = Int(region.load8(at + 30))
     guard sizeClass < Self.classCount else { return false }
     return at <= heapTop - (64 << sizeClass)
   }
 
-  @inline(__always) private func keyLength(_ at: Int) -> Int { Int(region.load16(at + 20)) }
-  @inline(__always) private func valueLength(_ at: Int) -> Int { Int(region.load32(at + 16)) }
+  @inline(__always) private func keyLength(_ at: Int) -> Int { Int(region.load16(at + 28)) }
+  @inline(__always) private func valueLength(_ at: Int) -> Int { Int(region.load32(at + 24)) }
   /// The bytes an entry has for key and value (after `isEntry`).
   @inline(__always) private func payloadCapacity(_ at: Int) -> Int {
-    (64 << Int(region.load8(at + 22))) - Self.entryHeader
+    (64 << Int(region.load8(at + 30))) - Self.entryHeader
   }
 
   /// The entry's CRC over its expiry, lengths, class and bytes, or `nil`
@@ -272,13 +272,13 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   @inline(__always) private func entryCRC(_ at: Int) -> UInt32? {
     let payload = keyLength(at) + valueLength(at)
     guard payload <= payloadCapacity(at) else { return nil }
-    return region.crc(at + Self.entryHeader, payload, continuing: region.crc(at + 8, 16))
+    return region.crc(at + 16, 16 + payload)  // expiry through the zero byte, then the bytes
   }
 
   /// Whether the entry is intact: lengths that fit its memory, a CRC that
   /// matches.
   @inline(__always) func isIntact(_ at: Int) -> Bool {
-    entryCRC(at) == region.load32(at + 28)
+    entryCRC(at) == region.load32(at + 12)
   }
 
   /// The entry's key bytes (after `isIntact`, which checked the length).
@@ -287,7 +287,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   @inline(__always) private func isExpired(_ at: Int, now: UInt64) -> Bool {
-    let expiry = region.load64(at + 8)
+    let expiry = region.load64(at + 16)
     return expiry != 0 && expiry <= now
   }
 
@@ -321,7 +321,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
             removeEntry(at, slot: index, free: false)
             return nil
           }
-          if region.load64(at + 8) != 0, isExpired(at, now: now()) {
+          if region.load64(at + 16) != 0, isExpired(at, now: now()) {
             removeEntry(at, slot: index)
             region.store64(region.load64(88) &+ 1, 88)
             return nil
@@ -436,7 +436,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   @usableFromInline
   func expiry(forKeyBytes key: UnsafeRawBufferPointer) -> UInt64? {
     guard let (_, at) = find(key, hash: hash(key)) else { return nil }
-    return region.load64(at + 8)
+    return region.load64(at + 16)
   }
 
   // MARK: Updates
@@ -475,14 +475,14 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     }
     let at = try allocate(sizeClass)
     let r = region
-    r.store64(expiresAt, at + 8)
-    r.store32(UInt32(value.count), at + 16)
-    r.store16(UInt16(key.count), at + 20)
-    r.store8(UInt8(sizeClass), at + 22)
-    r.store8(0, at + 23)
+    r.store64(expiresAt, at + 16)
+    r.store32(UInt32(value.count), at + 24)
+    r.store16(UInt16(key.count), at + 28)
+    r.store8(UInt8(sizeClass), at + 30)
+    r.store8(0, at + 31)
     r.copy(key, to: at + Self.entryHeader)
     r.copy(value, to: at + Self.entryHeader + key.count)
-    r.store32(entryCRC(at) ?? 0, at + 28)
+    r.store32(entryCRC(at) ?? 0, at + 12)
     var index = makeRoomInTable() ? emptySlot(for: Self.hash32(h)) : nil
     if index == nil {
       // A table full while the count says otherwise: the count was wrong.
@@ -589,7 +589,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
       if heapTop + bytes <= size {
         let at = heapTop
         heapTop = at + bytes
-        region.store8(UInt8(sizeClass), at + 22)
+        region.store8(UInt8(sizeClass), at + 30)
         return at
       }
       // Bounded by what the heap can hold, not by the (untrusted) count.
@@ -599,9 +599,9 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   }
 
   private func free(_ at: Int) {
-    let sizeClass = Int(region.load8(at + 22))
+    let sizeClass = Int(region.load8(at + 30))
     let list = 104 + sizeClass * 8
-    region.store32(0, at + 28)  // a freed entry never passes the CRC again
+    region.store32(0, at + 12)  // a freed entry never passes the CRC again
     // The free list's link takes the LRU links' place (a freed entry is in no list).
     region.store64(region.load64(list), at)
     region.store64(UInt64(at), list)
@@ -613,7 +613,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     let list = 104 + sizeClass * 8
     let at = Int(truncatingIfNeeded: region.load64(list))
     if at == 0 { return nil }
-    guard isEntry(at), Int(region.load8(at + 22)) == sizeClass else {
+    guard isEntry(at), Int(region.load8(at + 30)) == sizeClass else {
       region.store64(0, list)
       damage += 1
       return nil
@@ -638,7 +638,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
   private func pushLRU(_ at: Int) {
     let tick = region.load64(360) &+ 1
     region.store64(tick, 360)
-    region.store32(UInt32(truncatingIfNeeded: tick), at + 24)
+    region.store32(UInt32(truncatingIfNeeded: tick), at + 8)
     let head = lruHead
     setLRUPrev(at, 0)
     setLRUNext(at, head)
@@ -681,7 +681,7 @@ public final class ArenaHashMap<Key: ArenaCodable, Value: ArenaCodable> {
     // 32 bits of tick, compared with wrapping: an entry untouched for 2^32
     // moves may look recent once, which costs only order.
     let tick = UInt32(truncatingIfNeeded: region.load64(360))
-    guard tick &- region.load32(at + 24) > UInt32(clamping: count / 2), lruHead != at else {
+    guard tick &- region.load32(at + 8) > UInt32(clamping: count / 2), lruHead != at else {
       return
     }
     unlinkLRU(at)
@@ -798,10 +798,10 @@ extension ArenaHashMap: Sequence {
         let at = map.entryInSlot(index)
         index += 1
         guard at != 0, map.isEntry(at), map.isIntact(at) else { continue }
-        let expiry = map.region.load64(at + 8)
+        let expiry = map.region.load64(at + 16)
         if expiry != 0 && expiry <= now { continue }
-        let keyLength = Int(map.region.load16(at + 20))
-        let valueLength = Int(map.region.load32(at + 16))
+        let keyLength = Int(map.region.load16(at + 28))
+        let valueLength = Int(map.region.load32(at + 24))
         let start = at + ArenaHashMap.entryHeader
         guard let key = Key(arenaBytes: map.region.bytes(start, keyLength)),
           let value = Value(arenaBytes: map.region.bytes(start + keyLength, valueLength))

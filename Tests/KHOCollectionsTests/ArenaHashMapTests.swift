@@ -186,7 +186,7 @@ struct SplitMix: RandomNumberGenerator {
     bytes.storeBytes(
       of: UInt64(hash32) << 32 | UInt64(entry >> 6),
       toByteOffset: slots + Int(hash32 & 15) * 8, as: UInt64.self)
-    bytes.storeBytes(of: UInt16(4000), toByteOffset: entry + 20, as: UInt16.self)
+    bytes.storeBytes(of: UInt16(4000), toByteOffset: entry + 28, as: UInt16.self)
     #expect(map[long] == nil)
     #expect(throws: ArenaHashMap<[UInt8], UInt64>.SetError.tooLarge(70_000)) {
       try map.set([UInt8](repeating: 1, count: 70_000), 1)
