@@ -27,7 +27,7 @@
 ///
 /// **Growth across upgrades**: the data capacity is fixed by ``format(_:)``;
 /// a later image that wants a bigger ring formats the bigger region and
-/// appends the old ring's ``records()`` into it (see the tests).
+/// appends the old ring's ``records(as:)`` into it (see the tests).
 public final class ArenaRing {
   /// The string that names this layout in its FDT node.
   public static var compatible: String { "kho-collections,ring-v1" }
@@ -87,7 +87,7 @@ public final class ArenaRing {
   private var head: UInt64 { region.load64(24) }
   private var tail: UInt64 { region.load64(32) }
 
-  /// The largest record ``append(_:)`` takes.
+  /// The largest record ``append(_:)-(UnsafeRawBufferPointer)`` takes.
   public var maxRecord: Int { capacity / 2 - 16 }
 
   /// Why an append was refused.

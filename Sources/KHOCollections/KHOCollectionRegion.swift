@@ -4,7 +4,7 @@ import KHO
 /// A range of the KHO arena that one collection lives in, wired into KHO
 /// as a subsystem: on DUMP it describes itself as a node
 /// (`compatible`, `mem = <address length>`); in the next image
-/// ``open(in:name:compatible:bytes:)`` finds that node, checks it, and
+/// ``open(in:name:compatible:bytes:ifIncompatible:)`` finds that node, checks it, and
 /// claims the range, so the collection's `attach` finds its bytes where
 /// the previous image left them.
 ///
@@ -34,6 +34,10 @@ public final class KHOCollectionRegion: Sendable {
   public let handedOver: Bool
   /// Whether the handed-over bytes were copied into a bigger range.
   public let grown: Bool
+  /// Why a handed-over node was not used, when
+  /// ``IncompatibleNode/startCold`` let the region start fresh instead
+  /// (`nil` when there was no node or it was used).
+  public let refused: String?
   private let base: UInt
 
   /// The collection's bytes.
@@ -63,29 +67,62 @@ public final class KHOCollectionRegion: Sendable {
     }
   }
 
+  /// What ``open(in:name:compatible:bytes:ifIncompatible:)`` does with a
+  /// handed-over node of the same name whose `compatible` is not the one
+  /// asked for (another collection, or another layout version of it), or
+  /// whose `mem` is malformed.
+  public enum IncompatibleNode: Sendable {
+    /// Throw ``Failure/badNode(_:)``; the node's memory stays unclaimed.
+    case fail
+    /// Leave the node's memory unclaimed (the KHO core gives it back when
+    /// start-up finishes), allocate a fresh range, and say why in
+    /// ``refused``: the collection is formatted empty, a cold start.
+    case startCold
+  }
+
   private init(
     kho: KHO, name: String, compatible: String, range: KHOMemoryRange, handedOver: Bool,
-    grown: Bool
+    grown: Bool, refused: String? = nil
   ) {
     self.name = name
     self.compatible = compatible
     self.range = range
     self.handedOver = handedOver
     self.grown = grown
+    self.refused = refused
     self.base = UInt(bitPattern: kho.arena.base + Int(range.address))
   }
 
   /// Finds and claims the node `name` the previous image handed over, or
   /// allocates `bytes` of the arena when there is none; then registers the
   /// notifier that describes it on DUMP.
-  public static func open(in kho: KHO, name: String, compatible: String, bytes: UInt64)
-    throws(Failure) -> KHOCollectionRegion
-  {
-    var region = try claimHandedOver(kho, name: name, compatible: compatible, bytes: bytes)
+  ///
+  /// - Parameters:
+  ///   - kho: The KHO core of this image.
+  ///   - name: The node's name, the same in every version of the service.
+  ///   - compatible: The collection's layout and version
+  ///     (``ArenaHashMap/compatible``, ...); a node with another one is
+  ///     never handed to the collection.
+  ///   - bytes: The size this version wants; a smaller handed-over range is
+  ///     copied into a new one of this size.
+  ///   - ifIncompatible: What to do with a node of another `compatible`.
+  /// - Returns: The region; format the collection when
+  ///   ``handedOver`` is false, attach it when true.
+  public static func open(
+    in kho: KHO, name: String, compatible: String, bytes: UInt64,
+    ifIncompatible: IncompatibleNode = .fail
+  ) throws(Failure) -> KHOCollectionRegion {
+    var refused: String? = nil
+    var region: KHOCollectionRegion? = nil
+    do {
+      region = try claimHandedOver(kho, name: name, compatible: compatible, bytes: bytes)
+    } catch .badNode(let why) where ifIncompatible == .startCold {
+      refused = why
+    }
     if region == nil {
       region = KHOCollectionRegion(
         kho: kho, name: name, compatible: compatible,
-        range: try allocate(kho, bytes: bytes), handedOver: false, grown: false)
+        range: try allocate(kho, bytes: bytes), handedOver: false, grown: false, refused: refused)
     }
     guard let region else { preconditionFailure("set just above") }
     try region.register(with: kho)
@@ -105,8 +142,10 @@ public final class KHOCollectionRegion: Sendable {
     guard let incoming = kho.incoming,
       let node = incoming.findNode(where: { $0.name == name })
     else { return nil }
-    guard node.property("compatible")?.string == compatible else {
-      throw .badNode("\(name) is not \(compatible)")
+    let found = node.property("compatible")?.string
+    guard found == compatible else {
+      // Both strings in the message: a version bump reads as one at a glance.
+      throw .badNode("\(name) is \(found ?? "without compatible"), not \(compatible)")
     }
     guard let mem = node.property("mem")?.native(UInt64.self), mem.count == 2 else {
       throw .badNode("mem is not one {address, length} pair")

@@ -28,6 +28,18 @@ struct Region {
   @inline(__always) func store32(_ value: UInt32, _ at: Int) {
     (base + at).storeBytes(of: value, as: UInt32.self)
   }
+  @inline(__always) func load16(_ at: Int) -> UInt16 {
+    (base + at).loadUnaligned(as: UInt16.self)
+  }
+  @inline(__always) func store16(_ value: UInt16, _ at: Int) {
+    (base + at).storeBytes(of: value, as: UInt16.self)
+  }
+  @inline(__always) func load8(_ at: Int) -> UInt8 {
+    (base + at).load(as: UInt8.self)
+  }
+  @inline(__always) func store8(_ value: UInt8, _ at: Int) {
+    (base + at).storeBytes(of: value, as: UInt8.self)
+  }
   @inline(__always) func bytes(_ at: Int, _ length: Int) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(start: base + at, count: length)
   }

@@ -1,6 +1,7 @@
 // ArenaHashMap, ArenaRing and ArenaArray against Dictionary, Deque and
 // Array: ns/op with ContinuousClock, best of several rounds, in a release
-// build (`swift run -c release collections-bench`).
+// build (`swift run -c release collections-bench [--keys N]`; 100,000 keys
+// by default, fewer to see the cost with every entry in cache).
 
 import DequeModule
 import KHOCollections
@@ -33,13 +34,28 @@ func format(_ value: Double) -> String {
   return "\(scaled)"
 }
 
-let count = 100_000
+let count: Int = {
+  let arguments = CommandLine.arguments
+  if let at = arguments.firstIndex(of: "--keys"), at + 1 < arguments.count,
+    let n = Int(arguments[at + 1]), n > 0
+  {
+    return n
+  }
+  return 100_000
+}()
 let lookups = 1_000_000
 var random = SystemRandomNumberGenerator()
 let keys = (0..<count).map { _ in UInt64.random(in: 0...UInt64.max, using: &random) }
 let order = (0..<lookups).map { _ in keys[Int.random(in: 0..<count, using: &random)] }
 let stringKeys = keys.map { "session-\(String($0, radix: 16))" }
-let stringOrder = (0..<lookups).map { _ in stringKeys[Int.random(in: 0..<count, using: &random)] }
+// The lookups use copies of the keys with storage of their own, as keys
+// parsed from a request would be: with the very objects that were inserted,
+// Dictionary's `==` returns on equal storage pointers without reading a
+// byte, which no server sees.
+let stringOrder = (0..<lookups).map { _ in
+  String(decoding: Array(stringKeys[Int.random(in: 0..<count, using: &random)].utf8), as: UTF8.self)
+}
+let stringMisses = stringOrder.map { $0 + "-gone" }
 
 let regionBytes = 64 << 20
 let region = UnsafeMutableRawBufferPointer.allocate(byteCount: regionBytes, alignment: 64)
@@ -107,6 +123,20 @@ rows.append(
       var sum: UInt64 = 0
       for key in stringOrder { sum &+= stringDictionary[key] ?? 0 }
       blackHole(sum)
+    }
+  ))
+rows.append(
+  (
+    "String→UInt64 lookup miss",
+    measure("miss", ops: lookups) {
+      var found = 0
+      for key in stringMisses where stringMap[key] != nil { found += 1 }
+      blackHole(found)
+    },
+    measure("miss", ops: lookups) {
+      var found = 0
+      for key in stringMisses where stringDictionary[key] != nil { found += 1 }
+      blackHole(found)
     }
   ))
 let iterateArena = measure("iterate", ops: count) {

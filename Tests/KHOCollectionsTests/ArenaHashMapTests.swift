@@ -2,6 +2,10 @@ import Testing
 
 @testable import KHOCollections
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// A region of plain memory, freed when the test ends.
 final class TestRegion {
   let bytes: UnsafeMutableRawBufferPointer
@@ -70,8 +74,10 @@ struct SplitMix: RandomNumberGenerator {
   }
 
   @Test func evictsTheLeastRecentlyUsedAtTheMemoryBound() throws {
-    let memory = TestRegion(ArenaHashMap<UInt64, UInt64>.headerSize + 8 * 8 + 128 * 10)  // entries of 8 + 8 bytes take 128
-    let map = try ArenaHashMap<UInt64, UInt64>.format(memory.bytes, bucketCount: 8)
+    // Sixteen slots (room in the table for twelve), then memory for ten
+    // entries of 8 + 8 bytes, 64 each: the memory is the bound.
+    let memory = TestRegion(ArenaHashMap<UInt64, UInt64>.headerSize + 16 * 8 + 64 * 10)
+    let map = try ArenaHashMap<UInt64, UInt64>.format(memory.bytes, bucketCount: 16)
     for i in 0..<10 { map[UInt64(i)] = UInt64(i) }
     #expect(map.count == 10)
     _ = map[0]  // 0 becomes the most recent; 1 is now the least
@@ -116,6 +122,19 @@ struct SplitMix: RandomNumberGenerator {
     #expect(kept.allSatisfy { grown[$0] == $0 * 3 })
   }
 
+  @Test func doublesTheTableAsItFillsWithoutLosingTheOrderOfUse() throws {
+    let memory = TestRegion(1 << 20)
+    let map = try ArenaHashMap<UInt64, UInt64>.format(memory.bytes, bucketCount: 16)
+    for i in 0..<5000 { map[UInt64(i)] = UInt64(i) * 7 }
+    #expect(map.bucketCount >= 5000 * 4 / 3)
+    #expect(map.count == 5000 && map.evictions == 0)
+    #expect((0..<5000).allSatisfy { map[UInt64($0)] == UInt64($0) * 7 })
+    for i in stride(from: 0, to: 5000, by: 2) { map.removeValue(forKey: UInt64(i)) }
+    #expect((0..<5000).allSatisfy { map[UInt64($0)] == ($0 % 2 == 0 ? nil : UInt64($0) * 7) })
+    #expect(map.count == 2500)
+    #expect(map.damage == 0)
+  }
+
   @Test func refusesHeadersItCannotTrust() throws {
     let memory = TestRegion(1 << 12)
     #expect(throws: ArenaAttachError.self) { try ArenaHashMap<UInt64, UInt64>.attach(memory.bytes) }
@@ -128,9 +147,56 @@ struct SplitMix: RandomNumberGenerator {
     }
   }
 
+  @Test func refusesAMapOfAnOlderLayoutVersionClearly() throws {
+    typealias Map = ArenaHashMap<String, UInt64>
+    #expect(Map.version == 2)
+    #expect(Map.compatible == "kho-collections,hash-map-v2")
+    let memory = TestRegion(1 << 14)
+    let map = try Map.format(memory.bytes, bucketCount: 16)
+    map["kept"] = 1
+    // What a version-1 image left: same magic, version 1 (chained entries
+    // with a 64-byte header), which this image must not read as its own.
+    memory.bytes.storeBytes(of: UInt32(1), toByteOffset: 8, as: UInt32.self)
+    #expect(throws: ArenaAttachError.unsupportedVersion(1)) { try Map.attach(memory.bytes) }
+    #expect(ArenaAttachError.unsupportedVersion(1).description == "unsupported version 1")
+  }
+
+  /// A key length written into an entry that runs past its memory must
+  /// not be compared: the region ends at an unreadable page, so a read
+  /// past the entry would crash the test.
+  @Test func neverReadsAKeyPastItsEntryWhateverItsLengthSays() throws {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let mapping = try #require(
+      mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+    defer { munmap(mapping, 2 * page) }
+    #expect(mprotect(mapping + page, page, PROT_NONE) == 0)
+    let bytes = UnsafeMutableRawBufferPointer(start: mapping, count: page)
+    let map = try ArenaHashMap<[UInt8], UInt64>.format(bytes, bucketCount: 16)
+    map[[UInt8](repeating: 7, count: 20)] = 5
+    // The one entry sits at the heap's start; forge a slot that leads a
+    // 4000-byte key to it, and a key length of 4000 in the entry.
+    let entry = (ArenaHashMap<[UInt8], UInt64>.headerSize + 16 * 8 + 63) & ~63
+    let long = [UInt8](repeating: 7, count: 4000)
+    let h = long.withUnsafeBytes { map.hash($0) }
+    let hash32 = UInt32(truncatingIfNeeded: h)
+    let slots = ArenaHashMap<[UInt8], UInt64>.headerSize
+    for i in 0..<16 {
+      bytes.storeBytes(of: UInt64(0), toByteOffset: slots + i * 8, as: UInt64.self)
+    }
+    bytes.storeBytes(
+      of: UInt64(hash32) << 32 | UInt64(entry >> 6),
+      toByteOffset: slots + Int(hash32 & 15) * 8, as: UInt64.self)
+    bytes.storeBytes(of: UInt16(4000), toByteOffset: entry + 28, as: UInt16.self)
+    #expect(map[long] == nil)
+    #expect(throws: ArenaHashMap<[UInt8], UInt64>.SetError.tooLarge(70_000)) {
+      try map.set([UInt8](repeating: 1, count: 70_000), 1)
+    }
+  }
+
   /// Damages random bytes past the header of a filled map, then uses it:
   /// no crash, no hang, and every value read back is one that was stored.
-  @Test(arguments: 0..<40) func survivesRandomDamageAndReturnsOnlyStoredValues(seed: UInt64) throws
+  @Test(arguments: 0..<40) func survivesRandomDamageAndReturnsOnlyStoredValues(seed: UInt64)
+    throws
   {
     var random = SplitMix(state: seed)
     let memory = TestRegion(1 << 15)
@@ -183,5 +249,40 @@ extension ArenaHashMapTests {
     for i in 0..<400 {
       if let value = attached[UInt64(i)] { #expect(value == UInt64(i) * 11) }
     }
+  }
+
+  /// Damages a small map's slots, entries and LRU while it evicts at its
+  /// memory bound, doubles its table and removes: no crash, no hang, and
+  /// every value read is one that was stored for that key.
+  @Test(arguments: 0..<100) func survivesDamageWhileEvictingGrowingAndRemoving(seed: UInt64)
+    throws
+  {
+    var random = SplitMix(state: seed &+ 5000)
+    let memory = TestRegion(1 << 13)
+    let map = try ArenaHashMap<UInt64, [UInt8]>.format(memory.bytes, bucketCount: 4)
+    func value(_ key: UInt64) -> [UInt8] {
+      Array(repeating: UInt8(truncatingIfNeeded: key), count: Int(key % 90))
+    }
+    for round in 0..<20 {
+      for _ in 0..<40 {
+        let key = random.next() % 200
+        switch random.next() % 4 {
+        case 0: map.removeValue(forKey: key)
+        case 1: if let found = map[key] { #expect(found == value(key)) }
+        default: try? map.set(key, value(key))
+        }
+      }
+      if round % 4 == 3 {
+        for _ in 0..<(1 + random.next() % 16) {
+          let at =
+            ArenaHashMap<UInt64, [UInt8]>.headerSize
+            + Int(
+              random.next() % UInt64(memory.bytes.count - ArenaHashMap<UInt64, [UInt8]>.headerSize))
+          memory.bytes[at] = UInt8(truncatingIfNeeded: random.next())
+        }
+      }
+    }
+    for (key, found) in map { #expect(found == value(key)) }
+    #expect(map.count <= map.bucketCount)
   }
 }

@@ -93,4 +93,31 @@ import Testing
         in: new, name: "thing", compatible: ArenaHashMap<UInt64, UInt64>.compatible, bytes: 4096)
     }
   }
+
+  @Test func refusesAMapNodeOfAnOlderVersionOrStartsColdWhenAsked() throws {
+    // The previous image wrote version 1 of the map; this one reads only 2.
+    let old = try KHO.boot(options, handover: nil)
+    let v1 = try KHOCollectionRegion.open(
+      in: old, name: "sessions", compatible: "kho-collections,hash-map-v1", bytes: 4096)
+    let new = try handOver(old)
+    let compatible = ArenaHashMap<String, String>.compatible
+    // By default opening fails, with both versions in the message.
+    do {
+      _ = try KHOCollectionRegion.open(
+        in: new, name: "sessions", compatible: compatible, bytes: 4096)
+      Issue.record("a version-1 node was opened as version 2")
+    } catch {
+      #expect(
+        "\(error)"
+          == "collection node: sessions is kho-collections,hash-map-v1, not \(compatible)")
+    }
+    // Asked to, it starts cold in a fresh range and says why.
+    let fresh = try KHOCollectionRegion.open(
+      in: new, name: "sessions", compatible: compatible, bytes: 4096, ifIncompatible: .startCold)
+    #expect(!fresh.handedOver && fresh.range != v1.range)
+    #expect(fresh.refused == "sessions is kho-collections,hash-map-v1, not \(compatible)")
+    let sessions = try ArenaHashMap<String, String>.format(fresh.bytes, bucketCount: 16)
+    sessions["s"] = "new"
+    #expect(sessions["s"] == "new")
+  }
 }
