@@ -48,10 +48,12 @@ test: build
 bench: deps
 	$(SWIFT) run -c release fdt-bench
 
+# The Swift runtime linked statically, as production binaries should be:
+# an in-place upgrade waits for the next image's start-up (BENCHMARKS.md).
 bench-upgrade: deps
-	$(SWIFT) build -c release --product kho-cache
-	$(SWIFT) build -c release --product kho
-	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build/release/kho-cache --kho .build/release/kho
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product kho-cache
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product kho
+	$(PYTHON) Scripts/bench_upgrade.py --kho-cache .build-static/release/kho-cache --kho .build-static/release/kho
 
 # kho-cache beside memcached under the project's C load generator
 # (Benchmarks/loadgen): GET/SET/mixed, 3 value sizes, -t 1 and 4, pipelined.

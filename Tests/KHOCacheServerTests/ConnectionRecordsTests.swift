@@ -1,4 +1,5 @@
 import KHOCacheStore
+import KHOSystem
 import Testing
 
 @testable import KHOCacheServer
@@ -18,6 +19,34 @@ import Testing
     busy.pending = PendingStore(
       mode: .cas(42), key: Array("key".utf8), flags: 9, exptime: -1, length: 100, noreply: true)
     return [idle, busy]
+  }
+
+  /// Each loop's report becomes one blob: the busy connections of every
+  /// loop first, the most recently active first, then each loop's idle
+  /// ones as it encoded them; descriptor i is record i's.
+  @Test func frozenConnectionsPutTheBusiestFirst() {
+    func snapshot(_ port: UInt8) -> ConnectionSnapshot {
+      var s = ConnectionSnapshot()
+      s.peer = [2, 0, 0x30, port, 127, 0, 0, 1]
+      return s
+    }
+    func fd(_ n: Int32) -> KHOSystem.FileDescriptor { KHOSystem.FileDescriptor(rawValue: n) }
+    var first = HandoverFreeze.LoopReport()
+    first.busy = [.init(snapshot: snapshot(1), descriptor: fd(101), recency: 5)]
+    ConnectionRecords.encode(snapshot(2), into: &first.idleRecords)
+    first.idleDescriptors = [fd(102)]
+    var second = HandoverFreeze.LoopReport()
+    second.busy = [.init(snapshot: snapshot(3), descriptor: fd(103), recency: 9)]
+    ConnectionRecords.encode(snapshot(4), into: &second.idleRecords)
+    ConnectionRecords.encode(snapshot(5), into: &second.idleRecords)
+    second.idleDescriptors = [fd(104), fd(105)]
+
+    let frozen = FrozenConnections([first, second])
+    #expect(frozen.descriptors.map(\.rawValue) == [103, 101, 102, 104, 105])
+    let decoded = ConnectionRecords.decode(frozen.records, maxCount: 10)
+    #expect(decoded?.map { $0.peer[3] } == [3, 1, 2, 4, 5])
+    #expect(FrozenConnections([]).descriptors.isEmpty)
+    #expect(ConnectionRecords.decode(FrozenConnections([]).records, maxCount: 0) == [])
   }
 
   @Test func roundTrip() {
