@@ -246,6 +246,8 @@ extension NotifierBlock where Action == KHOEvent, Data == FDTWriter? {
   private static func errno(for error: any Error) -> Errno {
     if let fdt = error as? FDTError { return fdt.kind == .noSpace ? .noSpace : .invalidArgument }
     if let errno = error as? Errno { return errno }
+    // A failed system call (a memfd for the records, say) says why.
+    if let system = error as? SystemCallError { return system.errno }
     return .invalidArgument
   }
 }

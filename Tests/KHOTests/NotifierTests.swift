@@ -110,6 +110,13 @@ final class CallLog: Sendable {
     #expect(noSpace.callback(.dump, &writer).errno == -28)
     #expect(busy.callback(.dump, &writer).errno == -16)
     #expect(fine.callback(.dump, &writer) == .ok)
+    // FREEZE keeps a failed system call's errno, not EINVAL.
+    let noMemory = KHONotifier(
+      name: "memfd", dump: { _ in },
+      freeze: { throw SystemCallError("memfd_create", .noMemory) })
+    #expect(noMemory.callback(.freeze, &writer).errno == -12)
+    let other = KHONotifier(name: "other", dump: { _ in }, freeze: { throw CancellationError() })
+    #expect(other.callback(.freeze, &writer).errno == -22)
     var none: FDTWriter? = nil
     #expect(fine.callback(.abort, &none) == .done)
     #expect(fine.callback(.dump, &none).errno == -22)
