@@ -91,8 +91,9 @@ public final class HandoverService: Service, Sendable {
   private let configuration: Configuration
   private let logger: Logger
   private let state = Mutex(State())
-  /// Where handovers that the reload signal starts run: they block (a
-  /// drain, the next image's start-up), so not on the concurrency pool.
+  /// Where what blocks runs, not on the concurrency pool: handovers the
+  /// reload signal starts (a drain, the next image's start-up), and
+  /// waiting in ``ready(status:)`` for an overlapped predecessor to let go.
   private let handoverQueue = DispatchQueue(label: "kho.handover")
 
   private struct State {
@@ -256,7 +257,13 @@ public final class HandoverService: Service, Sendable {
       if let signal = configuration.reloadSignal {
         await UnixSignalsSequence(trapping: signal)
       } else { nil }
-    let ready = runtime.ready(status: status)
+    // Off the concurrency pool: after an overlapped handover this waits
+    // until the predecessor has drained and frozen.
+    let ready = await withCheckedContinuation { continuation in
+      handoverQueue.async { [runtime] in
+        continuation.resume(returning: runtime.ready(status: status))
+      }
+    }
     let waiters = state.withLock { shared -> [CheckedContinuation<Bool, Never>] in
       shared.reloads = reloads
       defer { shared.readiness = .reported(ready) }
