@@ -62,7 +62,10 @@ public final class HandoverService: Service, Sendable {
     public var controlMountPoint: String?
     /// The mode of a handover that SIGHUP starts.
     public var mode: HandoverMode
-    /// The signal that starts a handover; nil: none.
+    /// The signal that starts a handover; nil: none. While a handover
+    /// runs it is ignored, and the next image starts with it ignored until
+    /// its ``HandoverService/ready(status:)`` traps it: a reload asked for
+    /// meanwhile is dropped, never the end of the image that boots.
     public var reloadSignal: UnixSignal?
     /// The image to hand over to; by default this executable again
     /// (`/proc/self/exe`, with the same arguments), which after a package
@@ -91,6 +94,8 @@ public final class HandoverService: Service, Sendable {
   private let configuration: Configuration
   private let logger: Logger
   private let state = Mutex(State())
+  /// The reload signal's action before a handover ignored it.
+  private let savedReloadAction = Mutex<sigaction?>(nil)
   /// Where what blocks runs, not on the concurrency pool: handovers the
   /// reload signal starts (a drain, the next image's start-up), and
   /// waiting in ``ready(status:)`` for an overlapped predecessor to let go.
@@ -351,14 +356,47 @@ public final class HandoverService: Service, Sendable {
   }
 
   private func stopServing() {
+    ignoreReloadSignal()
     for body in state.withLock({ $0.stopServing }) { body() }
   }
 
   private func resumeServing() {
     for body in state.withLock({ $0.resumeServing }) { body() }
+    restoreReloadSignal()
+  }
+
+  /// Ignores the reload signal while a handover runs. The next image
+  /// inherits an ignored signal (a caught one is reset to its default
+  /// action at exec and at spawn): a reload asked for while it boots is
+  /// then dropped, where the default action would end it with the
+  /// control mount in its hands, until its ``ready(status:)`` traps it.
+  private func ignoreReloadSignal() {
+    guard let signal = configuration.reloadSignal?.rawValue else { return }
+    var ignore = sigaction()
+    ignore.__sigaction_handler.sa_handler = SIG_IGN
+    var previous = sigaction()
+    guard sigaction(signal, &ignore, &previous) == 0 else { return }
+    savedReloadAction.withLock { saved in
+      if saved == nil { saved = previous }
+    }
+  }
+
+  /// After a handover, failed or committed: the reload signal's handler
+  /// again.
+  private func restoreReloadSignal() {
+    guard let signal = configuration.reloadSignal?.rawValue,
+      var previous = savedReloadAction.withLock({ saved in
+        defer { saved = nil }
+        return saved
+      })
+    else { return }
+    sigaction(signal, &previous, nil)
   }
 
   private func commit() {
+    // The next image took its dispositions at its spawn; this one, which
+    // ends now, has its handler back, as after a failure.
+    restoreReloadSignal()
     let waiter = state.withLock { shared -> CheckedContinuation<Void, Never>? in
       shared.didCommit = true
       defer { shared.committed = nil }

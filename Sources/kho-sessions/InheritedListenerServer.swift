@@ -33,21 +33,32 @@ final class ConnectionTracker: Sendable {
 
   init(limit: Int) { self.limit = limit }
 
-  /// Tracks `channel` until it closes; false (and closed) past the limit.
-  @discardableResult
-  func opened(_ channel: any Channel) -> Bool {
+  /// Counts `channel` until it closes, as the listener accepts it (on the
+  /// server channel's event loop, in the same read as the accept). The
+  /// child is set up later, on its own loop: counted only then, a
+  /// connection accepted just before the listener stopped could escape a
+  /// drain and be reset by the exec. Past the limit it is not counted, and
+  /// ``admit(_:)`` closes it.
+  func accepted(_ channel: any Channel) {
     let id = ObjectIdentifier(channel)
-    let admitted = state.withLock { state -> Bool in
+    let counted = state.withLock { state -> Bool in
       guard state.open.count < limit else { return false }
       state.open[id] = channel
       return true
     }
-    guard admitted else {
-      channel.close(promise: nil)
-      return false
-    }
+    guard counted else { return }
     channel.closeFuture.whenComplete { [self] _ in
       _ = state.withLock { $0.open.removeValue(forKey: id) }
+    }
+  }
+
+  /// In the child's set-up: whether ``accepted(_:)`` counted it; if not
+  /// (past the limit), it is closed.
+  @discardableResult
+  func admit(_ channel: any Channel) -> Bool {
+    guard state.withLock({ $0.open[ObjectIdentifier(channel)] != nil }) else {
+      channel.close(promise: nil)
+      return false
     }
     return true
   }
@@ -90,7 +101,7 @@ where Responder.Context == BasicRequestContext {
 
   private struct Accepting {
     var server: (any Channel)?
-    /// A handover began before the server was bound: bind paused.
+    /// A handover is running: not accepting, even once bound.
     var paused = false
   }
   private let accepting = Mutex(Accepting())
@@ -113,11 +124,13 @@ where Responder.Context == BasicRequestContext {
   /// channel and the connections have drained.
   func run() async throws {
     let (server, http1) = try await bind()
-    let paused = accepting.withLock { shared -> Bool in
+    // Bound not accepting: a handover may have begun (SIGHUP, queued while
+    // this image booted), and a connection accepted now would miss its drain.
+    let accept = accepting.withLock { shared -> EventLoopFuture<Void>? in
       shared.server = server.channel
-      return shared.paused
+      return shared.paused ? nil : server.channel.setOption(ChannelOptions.autoRead, value: true)
     }
-    if paused { setAccepting(false, on: server.channel) }
+    try await accept?.get()
     let tracker = self.tracker
     try await withGracefulShutdownHandler {
       try await serve(server, http1)
@@ -131,26 +144,25 @@ where Responder.Context == BasicRequestContext {
 
   /// Before a handover: stop accepting, then drain the open connections.
   func stopServing() {
-    let server = accepting.withLock { shared -> (any Channel)? in
-      shared.paused = true
-      return shared.server
-    }
-    if let server { setAccepting(false, on: server) }
+    setAccepting(false)
     tracker.drain(limit: .seconds(2))
   }
 
   /// After a failed handover: accept again.
   func resumeServing() {
     tracker.resume()
-    let server = accepting.withLock { shared -> (any Channel)? in
-      shared.paused = false
-      return shared.server
-    }
-    if let server { setAccepting(true, on: server) }
+    setAccepting(true)
   }
 
-  private func setAccepting(_ on: Bool, on server: any Channel) {
-    _ = try? server.setOption(ChannelOptions.autoRead, value: on).wait()
+  /// Asks the server channel to accept or not, under the lock: the event
+  /// loop applies the requests in the order the lock gave them, whoever
+  /// (the bind, a hook) asked. Blocks until applied; never on an event loop.
+  private func setAccepting(_ on: Bool) {
+    let applied = accepting.withLock { shared -> EventLoopFuture<Void>? in
+      shared.paused = !on
+      return shared.server?.setOption(ChannelOptions.autoRead, value: on)
+    }
+    _ = try? applied?.wait()
   }
 
   private func bind() async throws -> (Bound, HTTP1Channel) {
@@ -161,9 +173,15 @@ where Responder.Context == BasicRequestContext {
     let tracker = self.tracker
     let logger = self.logger
     let server = try await ServerBootstrap(group: group)
+      .serverChannelOption(ChannelOptions.autoRead, value: false)
+      .serverChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(CountAccepted(tracker: tracker))
+        }
+      }
       .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
       .bind(fd) { channel in
-        tracker.opened(channel)
+        tracker.admit(channel)
         return http1.setup(channel: channel, logger: logger)
       }
     return (server, http1)
@@ -207,5 +225,20 @@ where Responder.Context == BasicRequestContext {
       // close it; close it here, after the response is written.
       channel.close(promise: nil)
     }
+  }
+}
+
+/// In the server channel's pipeline, ahead of the bootstrap's own accept
+/// handler: counts each connection in the read that accepted it.
+private final class CountAccepted: ChannelInboundHandler {
+  typealias InboundIn = any Channel
+  typealias InboundOut = any Channel
+  let tracker: ConnectionTracker
+
+  init(tracker: ConnectionTracker) { self.tracker = tracker }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    tracker.accepted(unwrapInboundIn(data))
+    context.fireChannelRead(data)
   }
 }

@@ -201,4 +201,62 @@ struct IdleService: Service {
     let dt = try #require(kho.runtime.kho.outgoing.dt)
     #expect(dt.node(atPath: "/sessions") != nil)
   }
+
+  /// Whether `signal`'s action in this process is SIG_IGN.
+  func isIgnored(_ signal: Int32) -> Bool {
+    var current = sigaction()
+    sigaction(signal, nil, &current)
+    return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1
+  }
+
+  @Test func theReloadSignalIsIgnoredDuringAHandoverAndByTheNextImage() async throws {
+    // The next image records the signals it was started with ignored.
+    let directory = temporaryDirectory()
+    let report = directory + "/ignored"
+    defer {
+      unlink(report)
+      rmdir(directory)
+    }
+    let script =
+      "grep SigIgn /proc/$$/status > \(report); printf 'READY\\n' >&$KHO_READY_FD; read -r go <&$KHO_COMMIT_FD"
+    let kho = try HandoverService.boot(
+      options,
+      configuration: .init(
+        mode: .overlapped(), reloadSignal: .sighup,
+        nextImage: { NextImage(path: "/bin/bash", arguments: ["bash", "-c", script]) }),
+      logger: logger)
+    let ignoredWhileStopping = Mutex<Bool?>(nil)
+    kho.onStopServing { ignoredWhileStopping.withLock { $0 = isIgnored(SIGHUP) } }
+    #expect(await kho.ready())
+    #expect(!isIgnored(SIGHUP))  // trapped
+    #expect(try kho.handOver())
+    #expect(ignoredWhileStopping.withLock { $0 } == true)
+    #expect(!isIgnored(SIGHUP))  // given back once committed
+    let line = try #require(String(validatingCString: try contents(of: report)))
+    let mask = try #require(
+      UInt64(line.split(whereSeparator: \.isWhitespace).last ?? "", radix: 16))
+    #expect(mask & (1 << (UInt64(SIGHUP) - 1)) != 0)
+  }
+
+  @Test func aFailedHandoverGivesTheReloadSignalItsHandlerBack() async throws {
+    let kho = try HandoverService.boot(
+      options,
+      configuration: .init(
+        mode: .overlapped(), reloadSignal: .sighup,
+        nextImage: { NextImage(path: "/nonexistent/next-image") }), logger: logger)
+    #expect(await kho.ready())
+    #expect(throws: HandoverFailure.self) { try kho.handOver() }
+    #expect(!isIgnored(SIGHUP))
+  }
+
+  /// The bytes of the file at `path`, NUL-terminated.
+  func contents(of path: String) throws -> [CChar] {
+    let fd = open(path, O_RDONLY)
+    try #require(fd >= 0)
+    defer { close(fd) }
+    var bytes = [CChar](repeating: 0, count: 256)
+    let count = read(fd, &bytes, bytes.count - 1)
+    try #require(count > 0)
+    return Array(bytes[..<count]) + [0]
+  }
 }
