@@ -165,12 +165,14 @@ let package = Package(
       ]
     ),
     // A Hummingbird session store and rate limiter whose state lives in an
-    // ArenaHashMap in the KHO arena, upgraded by `kho exec`.
+    // ArenaHashMap in the KHO arena, upgraded by `kho exec`: a ServiceGroup
+    // of HandoverService and its HTTP server.
     .executableTarget(
       name: "kho-sessions",
       dependencies: [
-        "KHOCollections", "KHO", "KHORuntime", "KHOServiceControl", "KHOSystem",
+        "KHOCollections", "KHO", "KHORuntime", "KHOServiceLifecycle",
         .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),

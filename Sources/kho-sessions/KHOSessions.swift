@@ -1,15 +1,15 @@
 // kho-sessions: a Hummingbird session store and rate limiter whose state
 // lives in arena hash maps, upgraded by the handover runtime with every
-// session and counter kept. Boots as kho-cache does: runtime, claim, the
-// inherited listener, ready, attach or format, KHO node, control mount.
+// session and counter kept. A ServiceGroup of two services: HandoverService
+// (the runtime, the control mount, SIGHUP) and the HTTP server.
 
 import Hummingbird
 import KHO
-import KHORuntime
-import KHOServiceControl
+import KHOServiceLifecycle
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 #if canImport(Glibc)
   import Glibc
@@ -76,84 +76,70 @@ enum KHOSessions {
     }
   }
 
+  /// Boots as every service of HandoverService does: the runtime, the
+  /// listener and the state's range claimed; ready (an overlapped
+  /// predecessor let go); the maps attached or formatted and their KHO
+  /// node registered; then the group runs until graceful shutdown or a
+  /// committed handover.
   static func run(_ options: SessionOptions, logger: Logger) async throws {
     let stateBytes = UInt64(options.stateMegabytes) << 20
-    let runtime = try HandoverRuntime.boot(
+    let kho = try HandoverService.boot(
       KHOOptions(
         arenaSize: stateBytes + (32 << 20), scratchSize: 16 << 20, arenaName: "kho-sessions"),
+      configuration: .init(controlMountPoint: controlMountPoint(options), mode: .inPlace),
       logger: logger)
-    let claimed = SessionState.claim(from: runtime.kho, logger: logger)
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    let listener = try listeningSocket(runtime, options, logger: logger)
-    // An overlapped predecessor serves until ready() says it let go;
-    // nothing handed over is read before.
-    guard runtime.ready(status: "starting") else { exit(1) }
-    let adopted = claimed.flatMap { SessionState.attach($0, in: runtime.kho, logger: logger) }
-    let state = try adopted ?? SessionState.fresh(in: runtime.kho, bytes: stateBytes)
-    try state.register(with: runtime.kho)
+    let listener = try kho.listeningSocket(named: "listen") {
+      try bindListener(host: options.listen, port: options.port)
+    }
+    let claimed = SessionState.claim(from: kho.runtime.kho, logger: logger)
+    // Nothing handed over is read before the predecessor let go.
+    guard await kho.ready(status: "starting") else { exit(1) }
+    let adopted = claimed.flatMap { SessionState.attach($0, in: kho.runtime.kho, logger: logger) }
+    let state = try adopted ?? SessionState.fresh(in: kho.runtime.kho, bytes: stateBytes)
+    try state.register(with: kho.runtime.kho)
 
-    let tracker = ConnectionTracker(limit: options.maxConnections)
+    let events = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     let router = sessionRouter(
-      state: state, policy: options.policy, generation: runtime.kho.generation)
-    let server = InheritedListenerServer(
-      fd: listener, responder: router.buildResponder(), group: group, tracker: tracker,
-      logger: logger)
-    let (channel, http1) = try await server.bind()
-    let control = try startControlMount(runtime, options, channel.channel, tracker)
+      state: state, policy: options.policy, generation: kho.runtime.kho.generation)
+    let http = InheritedListenerServer(
+      fd: listener, responder: router.buildResponder(), group: events,
+      tracker: ConnectionTracker(limit: options.maxConnections), logger: logger)
+    kho.onStopServing {
+      http.stopServing()
+      state.record(in: kho.metrics)
+    }
+    kho.onResumeServing { http.resumeServing() }
+    state.record(in: kho.metrics)
+
     let sessions = state.maps.withLock { $0.sessions.count }
     logger.info(
-      "kho-sessions: \(adopted != nil ? "took over" : "started cold with") \(sessions) sessions, generation \(runtime.kho.generation), listening on \(options.listen):\(options.port)"
+      "kho-sessions: \(adopted != nil ? "took over" : "started cold with") \(sessions) sessions, generation \(kho.runtime.kho.generation), listening on \(options.listen):\(options.port)"
     )
-    try? runtime.notifier.status("serving \(sessions) sessions")
-    let signals = SignalHandling(control: control, logger: logger)
-    try await server.serve(channel, http1)
-    withExtendedLifetime(signals) {}
+    try? kho.runtime.notifier.status("serving \(sessions) sessions")
+    // Shut down in reverse: the HTTP server drains first, then the
+    // control mount goes. A committed handover ends HandoverService's run:
+    // the server then shuts down as gracefully, and the process exits.
+    let group = ServiceGroup(
+      configuration: .init(
+        services: [
+          .init(service: kho, successTerminationBehavior: .gracefullyShutdownGroup),
+          .init(service: http),
+        ],
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+    try await events.shutdownGracefully()
   }
 
-  /// The listener the previous image handed over as "listen", or a new one;
-  /// registered to be handed over next time.
-  static func listeningSocket(_ runtime: HandoverRuntime, _ options: SessionOptions, logger: Logger)
-    throws -> Int32
-  {
-    let fd: Int32
-    if let inherited = runtime.inherited["listen"], isListening(inherited) {
-      fd = inherited
-    } else {
-      fd = try bindListener(host: options.listen, port: options.port)
-    }
-    try runtime.register(fd, name: "listen")
-    return fd
-  }
-
-  /// The control files (`kho exec` drives them). Before the handover the
-  /// server stops accepting (new connections wait in the backlog for the
-  /// next image) and drains: each open connection gets its last response
-  /// with `Connection: close`, so no client sees a request fail.
-  static func startControlMount(
-    _ runtime: HandoverRuntime, _ options: SessionOptions, _ server: any Channel,
-    _ tracker: ConnectionTracker
-  ) throws -> ServiceControl? {
+  /// `--control-mount`, else `$RUNTIME_DIRECTORY/kho` under systemd; nil
+  /// for none.
+  static func controlMountPoint(_ options: SessionOptions) -> String? {
     var path = options.controlMount
     if path == nil, let dir = getenv("RUNTIME_DIRECTORY") {
       path = String(cString: dir).split(separator: ":").first.map { "\($0)/kho" }
     }
     guard let path, path != "none" else { return nil }
     mkdir(path, 0o755)
-    return try ServiceControl.start(
-      runtime: runtime, mountPoint: path,
-      hooks: .init(
-        stopServing: {
-          _ = try? server.setOption(ChannelOptions.autoRead, value: false).wait()
-          tracker.drain(limit: .seconds(2))
-        },
-        resumeServing: {
-          tracker.resume()
-          _ = try? server.setOption(ChannelOptions.autoRead, value: true).wait()
-        },
-        committed: {
-          fflush(nil)
-          exit(0)
-        }))
+    return path
   }
 }
 
@@ -179,11 +165,4 @@ func bindListener(host: String, port: Int) throws -> Int32 {
     throw OptionError("cannot listen on \(host):\(port): \(message)")
   }
   return fd
-}
-
-/// Whether `fd` is a listening socket (SO_ACCEPTCONN).
-func isListening(_ fd: Int32) -> Bool {
-  var accepting: Int32 = 0
-  var length = socklen_t(MemoryLayout<Int32>.size)
-  return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0 && accepting == 1
 }

@@ -4,6 +4,7 @@
 import FDT
 import KHO
 import KHOCollections
+import KHOServiceLifecycle
 import Logging
 import Synchronization
 
@@ -163,5 +164,21 @@ extension SessionState {
     }
     if case .done(let count) = result { return count }
     return nil
+  }
+}
+
+extension SessionState {
+  /// Both maps' figures, beside the handover's (`kho_store_*`).
+  func record(in metrics: HandoverMetrics) {
+    let (items, evictions, damage) = maps.withLock { maps in
+      (
+        maps.sessions.count + maps.rates.count,
+        Int(clamping: maps.sessions.evictions &+ maps.rates.evictions),
+        maps.sessions.damage + maps.rates.damage
+      )
+    }
+    metrics.recordStore(
+      items: items, bytes: Int(range.upperBound - range.lowerBound), evictions: evictions,
+      damaged: damage)
   }
 }
