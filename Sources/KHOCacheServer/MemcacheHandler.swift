@@ -81,6 +81,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// The freeze waiting for this connection's queued replies to be
   /// written (ConnectionHandover.swift).
   var drainWaiter: LoopFreeze?
+  /// The registry's table of this connection's loop, while registered.
+  var registryShard: ConnectionRegistry.Shard?
   /// This connection's descriptor and peer, found before a freeze.
   var handoverDescriptor: (KHOSystem.FileDescriptor, [UInt8])?
   /// Handed over by the previous image: taken up on activation.

@@ -40,7 +40,13 @@ enum ProcessLauncher {
   /// was before the call.
   ///
   /// The corresponding C function is `execve`.
-  static func execInPlace(_ image: NextImage, keeping fds: [Int32]) -> SystemCallError {
+  ///
+  /// `holder` keeps the address space across the exec (see
+  /// ``AddressSpaceHolder``); it is stopped if the exec fails. Without one
+  /// the exec still works, only slower.
+  static func execInPlace(
+    _ image: NextImage, keeping fds: [Int32], holder: AddressSpaceHolder?
+  ) -> SystemCallError {
     var cleared: [Int32] = []
     for fd in fds {
       do {
@@ -58,8 +64,6 @@ enum ProcessLauncher {
     let marked = closeOnExecExcept(fds)
     // Buffered output would be lost at exec.
     fflush(nil)
-    // Without a holder the exec still works, only slower.
-    let holder = try? AddressSpaceHolder.start()
     var environment = image.environment
     if let holder { environment.append("\(AddressSpaceHolder.environmentName)=\(holder.pid)") }
     var error = ProcessOperations.exec(
