@@ -21,8 +21,9 @@ struct RateWindow: ArenaFixedWidth {
 /// Mutations are refused while KHO has frozen the state for the next image
 /// (the range is then part of the handover).
 final class SessionState: Sendable {
-  /// The node's `compatible`: the layout of both maps and of ``RateWindow``.
-  static let compatible = "kho-sessions,state-v1"
+  /// The node's `compatible`: the layout of both maps and of ``RateWindow``
+  /// (v2: the maps' own layout v2, KHOCollections' open-addressed table).
+  static let compatible = "kho-sessions,state-v2"
   static let nodeName = "kho-sessions"
 
   /// Unchecked: the maps are classes over raw arena memory, and they are
