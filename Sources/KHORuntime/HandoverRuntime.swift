@@ -316,6 +316,7 @@ public final class HandoverRuntime: Sendable {
       if !kho.outgoing.isActive {
         do { try kho.outgoing.serialize() } catch { throw .serialize(error) }
       }
+      HandoverTrace.stamp("old: serialized")
       FaultInjection.reach(FaultInjection.afterDump)
       let location: HandoverLocation
       do { location = try kho.load() } catch { throw .load(error) }
@@ -392,7 +393,9 @@ public final class HandoverRuntime: Sendable {
     let keep =
       [kho.arena.fd.rawValue] + registered.entries.map(\.fd) + [pipes.readyWrite, pipes.commitRead]
     let pid: pid_t
+    HandoverTrace.stamp("old: spawning")
     do { pid = try ProcessLauncher.spawn(next, keeping: keep) } catch { throw .launch(error) }
+    HandoverTrace.stamp("old: spawned")
     pipes.closeChildEnds()
     logger.info("kho: spawned \(image.path) as pid \(pid), waiting for it to be ready")
     let (seconds, attoseconds) = timeout.components
