@@ -191,6 +191,7 @@ public struct FreezeTimeout: Error, CustomStringConvertible {
   /// How long the freeze waited.
   public var after: TimeAmount
 
+  /// What the freeze waited for, and how long.
   public var description: String {
     "the event loops did not all park within \(after.nanoseconds / 1_000_000) ms (of \(loops))"
   }
