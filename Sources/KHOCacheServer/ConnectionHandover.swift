@@ -44,21 +44,27 @@ public final class ConnectionRegistry: Sendable {
   struct Entry: Sendable {
     var eventLoop: any EventLoop
     var connection: NIOLoopBound<(MemcacheHandler, ChannelHandlerContext)>
+    /// What `stats conns` shows of it, readable from any loop.
+    var status: ConnectionStatus
   }
   private let entries = Mutex<[ObjectIdentifier: Entry]>([:])
 
   init() {}
 
-  func add(_ handler: MemcacheHandler, _ context: ChannelHandlerContext) {
+  func add(_ handler: MemcacheHandler, _ context: ChannelHandlerContext, _ status: ConnectionStatus)
+  {
     let entry = Entry(
       eventLoop: context.eventLoop,
-      connection: NIOLoopBound((handler, context), eventLoop: context.eventLoop))
+      connection: NIOLoopBound((handler, context), eventLoop: context.eventLoop), status: status)
     entries.withLock { $0[ObjectIdentifier(handler)] = entry }
   }
 
   func remove(_ handler: MemcacheHandler) {
     _ = entries.withLock { $0.removeValue(forKey: ObjectIdentifier(handler)) }
   }
+
+  /// Every registered connection's status, for `stats conns`.
+  func statuses() -> [ConnectionStatus] { entries.withLock { $0.values.map(\.status) } }
 
   /// Connections registered now.
   public var count: Int { entries.withLock { $0.count } }

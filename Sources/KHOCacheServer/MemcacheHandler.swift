@@ -80,7 +80,14 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   var frozenForHandover = false
   /// The freeze's promise and descriptor, completed once no reply is left
   /// in the channel.
-  var handoverWaiter: (EventLoopPromise<(ConnectionSnapshot, KHOSystem.FileDescriptor)?>, KHOSystem.FileDescriptor)?
+  var handoverWaiter:
+    (EventLoopPromise<(ConnectionSnapshot, KHOSystem.FileDescriptor)?>, KHOSystem.FileDescriptor)?
+  /// Ran `requestsPerEvent` commands and let the event loop's other
+  /// connections run; resumes from a task queued on the loop.
+  var yielded = false
+  /// What `stats conns` shows of this connection (Connections.swift);
+  /// nil until admitted.
+  var status: ConnectionStatus?
   /// Handed over by the previous image: taken up on activation.
   var restored: ConnectionSnapshot?
 
@@ -111,7 +118,9 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       flushOutput(context)
       return
     }
-    shared.connections.add(self, context)
+    let status = ConnectionStatus(connection: context.channel)
+    self.status = status
+    shared.connections.add(self, context, status)
     if let snapshot = restored {
       restored = nil
       restore(snapshot, context)
@@ -166,7 +175,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// or one whose client does not take its replies, leaves further input
   /// in the socket (and so back-pressures its client through TCP).
   public func read(context: ChannelHandlerContext) {
-    if parked || waitingForRepliesToDrain || frozenForHandover {
+    if parked || waitingForRepliesToDrain || frozenForHandover || yielded {
       readDeferred = true
       return
     }
@@ -183,7 +192,10 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing && !waitingForRepliesToDrain && !frozenForHandover,
+    var ranCommand = false
+    var commandsRun = 0
+    defer { publishStatus(ranCommand: ranCommand) }
+    while !parked && !closing && !waitingForRepliesToDrain && !frozenForHandover && !yielded,
       let readable = input?.readableBytes, readable > 0
     {
       if swallow > 0 {
@@ -203,6 +215,12 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       let outcome = pending != nil ? completeStore() : nextLine()
       switch outcome {
       case .done:
+        ranCommand = true
+        // A storage command counts once its data block is in.
+        if pending == nil { commandsRun += 1 }
+        if commandsRun >= shared.configuration.requestsPerEvent && (input?.readableBytes ?? 0) > 0 {
+          yieldToOtherConnections(context)
+        }
         // The freeze is over: a later freeze gets a full wait again.
         if !store.isFrozen { frozenSince = nil }
       case .outputFull:
@@ -219,6 +237,19 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     }
     compactInput()
     if closing { flushOutput(context) }
+  }
+
+  /// memcached's `-R`: a connection that has run `requestsPerEvent`
+  /// commands from one read goes to the back of its event loop's queue,
+  /// so that one deep pipeline does not starve the loop's other
+  /// connections (counted in `conn_yields`).
+  private func yieldToOtherConnections(_ context: ChannelHandlerContext) {
+    yielded = true
+    shared.connectionYields.wrappingAdd(1, ordering: .relaxed)
+    context.eventLoop.assumeIsolated().execute {
+      self.yielded = false
+      self.resume(context)
+    }
   }
 
   /// Whether more replies may be queued: the channel is writable (this
@@ -253,7 +284,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     guard !closing && !frozenForHandover else { return }
     processInput(context)
     flushOutput(context)
-    if readDeferred && !parked && !waitingForRepliesToDrain && !closing {
+    if readDeferred && !parked && !waitingForRepliesToDrain && !closing && !yielded {
       readDeferred = false
       context.read()
     }

@@ -140,6 +140,9 @@ extension CacheStore {
       }
       for classId in 1...core.geometry.classCount {
         core.memory.setU64(Header.classEvictions + (classId - 1) * 8, 0)
+        for counter in ClassCounter.allCases {
+          core.memory.setU64(Header.classCounter(counter, classId), 0)
+        }
       }
     }
   }
@@ -206,6 +209,8 @@ extension StatCounter {
     case .storeNoMemory: "store_no_memory"
     case .damaged: "damaged"
     case .slabsMoved: "slabs_moved"
+    case .evictedUnfetched: "evicted_unfetched"
+    case .expiredUnfetched: "expired_unfetched"
     }
   }
 }

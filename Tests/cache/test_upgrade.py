@@ -139,7 +139,10 @@ class Service:
     def stats(self):
         c = self.client()
         try:
-            return {k.decode(): v for k, v in c.stats().items()}
+            # kho-cache's own figures (cache_clock, damaged...) are in
+            # `stats kho`, so that `stats` keeps exactly memcached's keys.
+            merged = {**c.stats(), **c.stats("kho")}
+            return {k.decode(): v for k, v in merged.items()}
         finally:
             c.close()
 
