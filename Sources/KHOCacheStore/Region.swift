@@ -113,7 +113,9 @@ extension Geometry {
   /// that one comparison covers every bound (index and pages inside the
   /// region, no overlap, classes increasing and within a page). `-n` and
   /// `-f` are outside the checksum, but the chunk sizes they must rebuild
-  /// are inside it, so a damaged `-n` or `-f` is refused here too.
+  /// are inside it, so a damaged `-n` or `-f` is refused here too (one
+  /// that happens to build the same classes is harmless: only the figure
+  /// `stats settings` shows would differ).
   func check() throws(CacheRegionError) {
     guard (1024...(1 << 30)).contains(itemSizeMax) else {
       throw .corrupt("item size max \(itemSizeMax)")
