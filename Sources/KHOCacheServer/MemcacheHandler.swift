@@ -248,7 +248,9 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     shared.connectionYields.wrappingAdd(1, ordering: .relaxed)
     context.eventLoop.assumeIsolated().execute {
       self.yielded = false
-      self.resume(context)
+      // Replies gather across yields (flushed at `outputFlushThreshold`,
+      // or once the input is used up), not one write per yield.
+      self.resume(context, flushingWhileYielding: false)
     }
   }
 
@@ -280,10 +282,10 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   /// Runs what was held back (by a freeze or by unsent replies), writes
   /// the replies, and reads again if a read was held back too.
-  func resume(_ context: ChannelHandlerContext) {
+  func resume(_ context: ChannelHandlerContext, flushingWhileYielding: Bool = true) {
     guard !closing && !frozenForHandover else { return }
     processInput(context)
-    flushOutput(context)
+    if flushingWhileYielding || !yielded { flushOutput(context) }
     if readDeferred && !parked && !waitingForRepliesToDrain && !closing && !yielded {
       readDeferred = false
       context.read()
