@@ -351,6 +351,7 @@ extension MemcacheHandler {
     let noreply = isNoreply(line, tokens)
     // -F, before the arguments are looked at, as in memcached.
     guard shared.configuration.flushEnabled else {
+      store.countRefusedFlush()
       return reply("CLIENT_ERROR flush_all not allowed", noreply: noreply)
     }
     var delay: Int32 = 0

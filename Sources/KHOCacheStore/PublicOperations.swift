@@ -131,6 +131,12 @@ extension CacheStore {
     }
   }
 
+  /// Counts a `flush_all` that was refused (memcached's `-F`), in
+  /// `cmd_flush` as memcached counts it. A no-op while frozen.
+  public func countRefusedFlush() {
+    _ = try? mutating(nil) { core in core.count(.cmdFlush) }
+  }
+
   /// stats reset: zeroes the event counters (not curr_items or bytes).
   /// A no-op while frozen.
   public func resetStats() {

@@ -407,6 +407,9 @@ def test_F_refuses_flush_all_as_memcached():
                 b"flush_all x\r\nget foo\r\n")
         expected, actual = converse(mc, data), converse(kc, data)
         assert expected == actual, (expected, actual)
+        # memcached counts the refused flush_all in cmd_flush.
+        flushes = [stat_map(converse(p, b"stats\r\n"))["cmd_flush"] for p in (mc, kc)]
+        assert flushes[0] == flushes[1] == "4", flushes
         assert b"CLIENT_ERROR flush_all not allowed\r\n" in actual
         s = stat_map(converse(kc, b"stats settings\r\n"))
         assert s["flush_enabled"] == "no", s["flush_enabled"]
