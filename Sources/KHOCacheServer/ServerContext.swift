@@ -261,6 +261,19 @@ public final class CacheServerContext: Sendable {
     return lines
   }
 
+  /// `stats reset` of the counters kept by the process, as memcached's
+  /// stats_reset zeroes its `stats` and the threads' (a pause in
+  /// progress goes on counting from now).
+  func resetProcessStats() {
+    metaCommands.store(0, ordering: .relaxed)
+    connectionYields.store(0, ordering: .relaxed)
+    listenDisabledCount.store(0, ordering: .relaxed)
+    listenDisabledMicroseconds.store(0, ordering: .relaxed)
+    if listenDisabledSince.load(ordering: .relaxed) > 0 {
+      listenDisabledSince.store(monotonicMicroseconds(), ordering: .relaxed)
+    }
+  }
+
   /// `stats kho`: kho-cache's own figures, apart so that `stats` keeps
   /// exactly memcached's keys.
   func khoStatsLines() -> [(String, String)] {

@@ -37,6 +37,7 @@ extension MemcacheHandler {
     let subcommand = line.slice(tokens[1])
     if subcommand.equals("reset") {
       store.resetStats()
+      shared.resetProcessStats()
       PrefixStats.clear()
       return reply("RESET")
     } else if subcommand.equals("detail") {

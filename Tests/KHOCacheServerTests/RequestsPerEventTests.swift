@@ -35,6 +35,9 @@ import Testing
     replies += try fixture.received()
     #expect(replies == String(repeating: "STORED\r\n", count: 5) + "VALUE k 0 1\r\nv\r\nEND\r\n")
     #expect(try stat("conn_yields") == "2")
+    try fixture.send("stats reset\r\n")
+    #expect(try fixture.received() == "RESET\r\n")
+    #expect(try stat("conn_yields") == "0")
   }
 
   @Test func aDataBlockIsPartOfItsCommand() throws {
