@@ -27,6 +27,7 @@ public struct ConnectionSnapshot: Sendable, Equatable {
   /// descriptor it received is still this connection.
   public var peer: [UInt8] = []
 
+  /// An empty snapshot (no input, no replies, no peer).
   public init() {}
 }
 
@@ -326,6 +327,7 @@ public enum ConnectionRecords {
   /// plus one value), for the largest item memcached allows (1 GiB).
   static let maxBytesPerField = (1 << 30) + MemcacheHandler.maxGetLine + (4 << 20)
 
+  /// The record of `snapshots` that the next image's `decode` reads.
   public static func encode(_ snapshots: [ConnectionSnapshot]) -> [UInt8] {
     var bytes = magic
     append(UInt64(snapshots.count), to: &bytes)

@@ -36,8 +36,11 @@ import NIOCore
 /// connections together are held to `pendingOutputBudget`: past it, one
 /// with replies in flight waits until they are written (`repliesFit`).
 public final class MemcacheHandler: ChannelDuplexHandler {
+  /// Bytes from the client.
   public typealias InboundIn = ByteBuffer
+  /// Bytes written through the handler (passed on as they are).
   public typealias OutboundIn = ByteBuffer
+  /// Replies to the client.
   public typealias OutboundOut = ByteBuffer
 
   let shared: CacheServerContext
@@ -102,10 +105,13 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     self.output = ByteBuffer()
   }
 
+  /// Remembers the event loop (the clock of the freeze wait).
   public func handlerAdded(context: ChannelHandlerContext) {
     eventLoop = context.eventLoop
   }
 
+  /// Admits the connection (or refuses it past `-c`) and takes up a
+  /// handed-over connection's state.
   public func channelActive(context: ChannelHandlerContext) {
     output = context.channel.allocator.buffer(capacity: 1024)
     // Accepted into the reserve descriptor (the process is out of them),
@@ -128,6 +134,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     context.fireChannelActive()
   }
 
+  /// Releases the connection's slot and its place in the registry.
   public func channelInactive(context: ChannelHandlerContext) {
     shared.connections.remove(self)
     if let (promise, _) = handoverWaiter {
@@ -144,6 +151,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     context.fireChannelInactive()
   }
 
+  /// Buffers the bytes and runs every complete command.
   public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var buffer = unwrapInboundIn(data)
     shared.bytesRead.wrappingAdd(buffer.readableBytes, ordering: .relaxed)
@@ -161,11 +169,13 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     processInput(context)
   }
 
+  /// Writes the replies of the read.
   public func channelReadComplete(context: ChannelHandlerContext) {
     flushOutput(context)
     context.fireChannelReadComplete()
   }
 
+  /// Resumes a connection that waited for its replies to drain.
   public func channelWritabilityChanged(context: ChannelHandlerContext) {
     resumeIfRepliesFit(context)
     context.fireChannelWritabilityChanged()
@@ -182,6 +192,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     context.read()
   }
 
+  /// Closes the connection.
   public func errorCaught(context: ChannelHandlerContext, error: Error) {
     closing = true
     context.close(promise: nil)
