@@ -48,6 +48,7 @@ final class ConnectionStatus: Sendable {
   let address: String
   /// memcached's `listen_addr`: the local end; nil for the listener.
   let listenAddress: String?
+  /// A `ConnectionState` raw value.
   let state: Atomic<UInt8>
   /// `monotonicSeconds()` of the last command run (of the start, before one).
   let lastCommand: Atomic<Int64>
@@ -101,16 +102,20 @@ extension MemcacheHandler {
   /// for `stats conns`: once per input run, not per command.
   func publishStatus(ranCommand: Bool) {
     guard let status else { return }
-    let state: ConnectionState =
-      if closing { .closing } else if pending != nil { .nread } else if swallow > 0 {
-        .swallow
-      } else if waitingForRepliesToDrain { .multiWrite } else if parked {
-        .parseCommand
-      } else if yielded { .newCommand } else {
-        .read
-      }
-    status.state.store(state.rawValue, ordering: .relaxed)
+    status.state.store(currentState.rawValue, ordering: .relaxed)
     if ranCommand { status.lastCommand.store(monotonicSeconds(), ordering: .relaxed) }
+  }
+
+  /// The memcached state nearest to what the connection is doing.
+  private var currentState: ConnectionState {
+    if closing { return .closing }
+    if pending != nil { return .nread }
+    if swallow > 0 { return .swallow }
+    if waitingForRepliesToDrain { return .multiWrite }
+    // A command met a frozen store and waits: parsed, not yet done.
+    if parked { return .parseCommand }
+    if yielded { return .newCommand }
+    return .read
   }
 
   /// `stats conns`: the listener and every admitted connection, by
