@@ -48,6 +48,15 @@ final class AcceptOverloadHandler: ChannelInboundHandler {
     shared.acquireReserveDescriptor()
   }
 
+  func channelActive(context: ChannelHandlerContext) {
+    // The listener's line in `stats conns`.
+    let status = ConnectionStatus(
+      remote: nil, address: memcachedText(context.channel.localAddress), listenAddress: nil,
+      state: .listening)
+    shared.listenerStatus.withLock { $0 = status }
+    context.fireChannelActive()
+  }
+
   func errorCaught(context: ChannelHandlerContext, error: Error) {
     guard let error = error as? IOError else {
       context.fireErrorCaught(error)
@@ -72,10 +81,15 @@ final class AcceptOverloadHandler: ChannelInboundHandler {
       (try? options.getOption(.autoRead)) == true
     else { return }
     paused = true
+    shared.listenDisabledCount.wrappingAdd(1, ordering: .relaxed)
+    shared.listenDisabledSince.store(monotonicMicroseconds(), ordering: .relaxed)
     // Unregisters the listener from epoll (a withheld read() would not).
     try? options.setOption(.autoRead, value: false)
     context.eventLoop.assumeIsolated().scheduleTask(in: Self.pauseAfterFailure) {
       self.paused = false
+      let since = self.shared.listenDisabledSince.exchange(0, ordering: .relaxed)
+      self.shared.listenDisabledMicroseconds.wrappingAdd(
+        max(0, monotonicMicroseconds() - since), ordering: .relaxed)
       self.shared.acquireReserveDescriptor()
       // Note: a handover that paused accepting (auto-read off) during these
       // 20 ms is resumed here too; the window is only as long as an EMFILE

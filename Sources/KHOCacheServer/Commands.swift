@@ -349,6 +349,11 @@ extension MemcacheHandler {
 
   private func flushAll(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Outcome {
     let noreply = isNoreply(line, tokens)
+    // -F, before the arguments are looked at, as in memcached.
+    guard shared.configuration.flushEnabled else {
+      store.countRefusedFlush()
+      return reply("CLIENT_ERROR flush_all not allowed", noreply: noreply)
+    }
     var delay: Int32 = 0
     if tokens.memcachedCount != (noreply ? 3 : 2) {
       guard let value = parseInt32Truncating(line.slice(tokens[1])) else {

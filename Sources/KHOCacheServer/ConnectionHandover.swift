@@ -28,6 +28,7 @@ public struct ConnectionSnapshot: Sendable, Equatable {
   /// descriptor it received is still this connection.
   public var peer: [UInt8] = []
 
+  /// An empty snapshot (no input, no replies, no peer).
   public init() {}
 }
 
@@ -47,6 +48,9 @@ public final class ConnectionRegistry: Sendable {
   final class Shard: Sendable {
     let eventLoop: any EventLoop
     let connections: NIOLoopBoundBox<[ObjectIdentifier: (MemcacheHandler, ChannelHandlerContext)]>
+    /// What `stats conns` shows of them, readable from any loop (the lock
+    /// is this loop's own, so uncontended but for `stats conns`).
+    let statuses = Mutex<[ObjectIdentifier: ConnectionStatus]>([:])
 
     init(_ eventLoop: any EventLoop) {
       self.eventLoop = eventLoop
@@ -62,7 +66,8 @@ public final class ConnectionRegistry: Sendable {
   init() {}
 
   /// Called on `context`'s loop.
-  func add(_ handler: MemcacheHandler, _ context: ChannelHandlerContext) {
+  func add(_ handler: MemcacheHandler, _ context: ChannelHandlerContext, _ status: ConnectionStatus)
+  {
     let loop = context.eventLoop
     let shard = shards.withLock { shards in
       if let shard = shards[ObjectIdentifier(loop)] { return shard }
@@ -72,6 +77,7 @@ public final class ConnectionRegistry: Sendable {
     }
     handler.registryShard = shard
     shard.connections.value[ObjectIdentifier(handler)] = (handler, context)
+    shard.statuses.withLock { $0[ObjectIdentifier(handler)] = status }
     registered.wrappingAdd(1, ordering: .relaxed)
   }
 
@@ -82,6 +88,12 @@ public final class ConnectionRegistry: Sendable {
     if shard.connections.value.removeValue(forKey: ObjectIdentifier(handler)) != nil {
       registered.wrappingSubtract(1, ordering: .relaxed)
     }
+    _ = shard.statuses.withLock { $0.removeValue(forKey: ObjectIdentifier(handler)) }
+  }
+
+  /// Every registered connection's status, for `stats conns`.
+  func statuses() -> [ConnectionStatus] {
+    shards.withLock { Array($0.values) }.flatMap { shard in shard.statuses.withLock { Array($0.values) } }
   }
 
   /// Connections registered now.
@@ -617,6 +629,7 @@ public enum ConnectionRecords {
   /// plus one value), for the largest item memcached allows (1 GiB).
   static let maxBytesPerField = (1 << 30) + MemcacheHandler.maxGetLine + (4 << 20)
 
+  /// The record of `snapshots` that the next image's `decode` reads.
   public static func encode(_ snapshots: [ConnectionSnapshot]) -> [UInt8] {
     var records: [UInt8] = []
     for snapshot in snapshots { encode(snapshot, into: &records) }

@@ -36,8 +36,11 @@ import NIOCore
 /// connections together are held to `pendingOutputBudget`: past it, one
 /// with replies in flight waits until they are written (`repliesFit`).
 public final class MemcacheHandler: ChannelDuplexHandler {
+  /// Bytes from the client.
   public typealias InboundIn = ByteBuffer
+  /// Bytes written through the handler (passed on as they are).
   public typealias OutboundIn = ByteBuffer
+  /// Replies to the client.
   public typealias OutboundOut = ByteBuffer
 
   let shared: CacheServerContext
@@ -85,6 +88,12 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   var registryShard: ConnectionRegistry.Shard?
   /// This connection's descriptor and peer, found before a freeze.
   var handoverDescriptor: (KHOSystem.FileDescriptor, [UInt8])?
+  /// Ran `requestsPerEvent` commands and let the event loop's other
+  /// connections run; resumes from a task queued on the loop.
+  var yielded = false
+  /// What `stats conns` shows of this connection (Connections.swift);
+  /// nil until admitted.
+  var status: ConnectionStatus?
   /// Handed over by the previous image: taken up on activation.
   var restored: ConnectionSnapshot?
   /// Handed over, and already counted against `-c` by the adoption.
@@ -104,10 +113,13 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     self.output = ByteBuffer()
   }
 
+  /// Remembers the event loop (the clock of the freeze wait).
   public func handlerAdded(context: ChannelHandlerContext) {
     eventLoop = context.eventLoop
   }
 
+  /// Admits the connection (or refuses it past `-c`) and takes up a
+  /// handed-over connection's state.
   public func channelActive(context: ChannelHandlerContext) {
     output = context.channel.allocator.buffer(capacity: 1024)
     // Accepted into the reserve descriptor (the process is out of them),
@@ -120,7 +132,9 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       flushOutput(context)
       return
     }
-    shared.connections.add(self, context)
+    let status = ConnectionStatus(connection: context.channel)
+    self.status = status
+    shared.connections.add(self, context, status)
     if let snapshot = restored {
       restored = nil
       restore(snapshot, context)
@@ -128,6 +142,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     context.fireChannelActive()
   }
 
+  /// Releases the connection's slot and its place in the registry.
   public func channelInactive(context: ChannelHandlerContext) {
     shared.connections.remove(self)
     closing = true
@@ -142,6 +157,7 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     context.fireChannelInactive()
   }
 
+  /// Buffers the bytes and runs every complete command.
   public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var buffer = unwrapInboundIn(data)
     lastRead = NIODeadline.now().uptimeNanoseconds
@@ -160,11 +176,13 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     processInput(context)
   }
 
+  /// Writes the replies of the read.
   public func channelReadComplete(context: ChannelHandlerContext) {
     flushOutput(context)
     context.fireChannelReadComplete()
   }
 
+  /// Resumes a connection that waited for its replies to drain.
   public func channelWritabilityChanged(context: ChannelHandlerContext) {
     resumeIfRepliesFit(context)
     context.fireChannelWritabilityChanged()
@@ -174,13 +192,14 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// or one whose client does not take its replies, leaves further input
   /// in the socket (and so back-pressures its client through TCP).
   public func read(context: ChannelHandlerContext) {
-    if parked || waitingForRepliesToDrain || frozenForHandover {
+    if parked || waitingForRepliesToDrain || frozenForHandover || yielded {
       readDeferred = true
       return
     }
     context.read()
   }
 
+  /// Closes the connection.
   public func errorCaught(context: ChannelHandlerContext, error: Error) {
     closing = true
     context.close(promise: nil)
@@ -191,7 +210,10 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Runs every complete command in `input`, in order, until input runs out,
   /// a command waits for the freeze to end, or the connection must close.
   func processInput(_ context: ChannelHandlerContext) {
-    while !parked && !closing && !waitingForRepliesToDrain && !frozenForHandover,
+    var ranCommand = false
+    var commandsRun = 0
+    defer { publishStatus(ranCommand: ranCommand) }
+    while !parked && !closing && !waitingForRepliesToDrain && !frozenForHandover && !yielded,
       let readable = input?.readableBytes, readable > 0
     {
       if swallow > 0 {
@@ -211,6 +233,12 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       let outcome = pending != nil ? completeStore() : nextLine()
       switch outcome {
       case .done:
+        ranCommand = true
+        // A storage command counts once its data block is in.
+        if pending == nil { commandsRun += 1 }
+        if commandsRun >= shared.configuration.requestsPerEvent && (input?.readableBytes ?? 0) > 0 {
+          yieldToOtherConnections(context)
+        }
         // The freeze is over: a later freeze gets a full wait again.
         if !store.isFrozen { frozenSince = nil }
       case .outputFull:
@@ -227,6 +255,21 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     }
     compactInput()
     if closing { flushOutput(context) }
+  }
+
+  /// memcached's `-R`: a connection that has run `requestsPerEvent`
+  /// commands from one read goes to the back of its event loop's queue,
+  /// so that one deep pipeline does not starve the loop's other
+  /// connections (counted in `conn_yields`).
+  private func yieldToOtherConnections(_ context: ChannelHandlerContext) {
+    yielded = true
+    shared.connectionYields.wrappingAdd(1, ordering: .relaxed)
+    context.eventLoop.assumeIsolated().execute {
+      self.yielded = false
+      // Replies gather across yields (flushed at `outputFlushThreshold`,
+      // or once the input is used up), not one write per yield.
+      self.resume(context, flushingWhileYielding: false)
+    }
   }
 
   /// Whether more replies may be queued: the channel is writable (this
@@ -257,11 +300,11 @@ public final class MemcacheHandler: ChannelDuplexHandler {
 
   /// Runs what was held back (by a freeze or by unsent replies), writes
   /// the replies, and reads again if a read was held back too.
-  func resume(_ context: ChannelHandlerContext) {
+  func resume(_ context: ChannelHandlerContext, flushingWhileYielding: Bool = true) {
     guard !closing && !frozenForHandover else { return }
     processInput(context)
-    flushOutput(context)
-    if readDeferred && !parked && !waitingForRepliesToDrain && !closing {
+    if flushingWhileYielding || !yielded { flushOutput(context) }
+    if readDeferred && !parked && !waitingForRepliesToDrain && !closing && !yielded {
       readDeferred = false
       context.read()
     }

@@ -578,6 +578,9 @@ extension MemcacheHandler {
       }
       key = decoded
     }
+    // memcached 1.6.18 counts cmd_meta here only, for each `me` that got
+    // as far as the lookup.
+    shared.metaCommands.wrappingAdd(1, ordering: .relaxed)
     let text = key.withUnsafeBytes { key in
       store.metaDebug(key) { item -> [UInt8]? in
         guard let item else { return nil }

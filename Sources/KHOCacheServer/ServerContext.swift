@@ -45,6 +45,13 @@ public struct CacheServerConfiguration: Sendable {
   public var listenAddress: String = "127.0.0.1"
   /// Whether the `shutdown` command may stop the server (`-A`).
   public var shutdownEnabled = false
+  /// Descriptors kept free besides the connections, `stats` reserved_fds.
+  public var reservedDescriptors = 0
+  /// Commands a connection runs in one go before letting the others of its
+  /// event loop run (`-R`, memcached's reqs_per_event).
+  public var requestsPerEvent = 20
+  /// Whether `flush_all` may be used (`-F` turns it off).
+  public var flushEnabled = true
 
   /// The defaults above (memcached's).
   public init() {}
@@ -71,6 +78,19 @@ public final class CacheServerContext: Sendable {
   /// Connections accepted into a freed reserve descriptor that are still
   /// to be told "ERROR Too many open connections".
   let refusalsOwed = Atomic<Int>(0)
+  /// The listener as `stats conns` shows it, once it is active.
+  let listenerStatus = Mutex<ConnectionStatus?>(nil)
+  /// `me` commands run (memcached 1.6.18's `cmd_meta` counts only those).
+  let metaCommands = Atomic<Int>(0)
+  /// Times a connection stopped after `-R` commands to let others run.
+  let connectionYields = Atomic<Int>(0)
+  /// Times the listener stopped accepting (out of descriptors or memory:
+  /// `AcceptOverloadHandler`), memcached's listen_disabled_num.
+  let listenDisabledCount = Atomic<Int>(0)
+  /// Microseconds spent so, the pause in progress excluded.
+  let listenDisabledMicroseconds = Atomic<Int64>(0)
+  /// `monotonicMicroseconds()` when the pause in progress began, 0 if none.
+  let listenDisabledSince = Atomic<Int64>(0)
   /// Every admitted connection, for a handover to take them all along.
   public let connections = ConnectionRegistry()
 
@@ -143,53 +163,128 @@ public final class CacheServerContext: Sendable {
     return false
   }
 
-  /// The lines of `stats`, in memcached's order, each "STAT name value".
+  /// The lines of `stats`: memcached 1.6.18's keys, in its order, as it
+  /// prints them without an LRU crawler, LRU maintainer or segmented LRU
+  /// (`-o no_lru_crawler,no_lru_maintainer`), which is what kho-cache is.
+  /// Figures kho-cache has no counterpart for are constants (README.md
+  /// says which and why); its own figures are in `stats kho`.
   func statsLines() -> [(String, String)] {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     let store = self.store.stats()
+    let current = currConnections.load(ordering: .relaxed)
     var lines: [(String, String)] = [
       ("pid", "\(getpid())"),
       ("uptime", "\(Int64(ts.tv_sec) - startedAt)"),
       ("time", "\(time(nil))"),
       ("version", configuration.version),
+      // The event library's version: SwiftNIO's event loops, not libevent.
+      ("libevent", "swift-nio"),
       ("pointer_size", "64"),
       ("rusage_user", formatTime(usage.ru_utime)),
       ("rusage_system", formatTime(usage.ru_stime)),
       ("max_connections", "\(configuration.maxConnections)"),
-      ("curr_connections", "\(currConnections.load(ordering: .relaxed))"),
+      ("curr_connections", "\(current)"),
       ("total_connections", "\(totalConnections.load(ordering: .relaxed))"),
       ("rejected_connections", "\(rejectedConnections.load(ordering: .relaxed))"),
+      // A handler per open connection plus the listener's.
+      ("connection_structures", "\(current + 1)"),
+      // No response objects or pooled read buffers: replies and input
+      // are per-connection NIO buffers.
+      ("response_obj_oom", "0"), ("response_obj_count", "0"), ("response_obj_bytes", "0"),
+      ("read_buf_count", "0"), ("read_buf_bytes", "0"), ("read_buf_bytes_free", "0"),
+      ("read_buf_oom", "0"),
+      ("reserved_fds", "\(configuration.reservedDescriptors)"),
     ]
     for name in [
-      "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
-      "get_flushed", "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses",
-      "decr_hits",
-      "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses", "store_too_large",
-      "store_no_memory",
+      "cmd_get", "cmd_set", "cmd_flush", "cmd_touch",
     ] {
       lines.append((name, "\(store[name])"))
     }
+    lines.append(("cmd_meta", "\(metaCommands.load(ordering: .relaxed))"))
+    for name in [
+      "get_hits", "get_misses", "get_expired", "get_flushed", "delete_misses", "delete_hits",
+      "incr_misses", "incr_hits", "decr_misses", "decr_hits", "cas_misses", "cas_hits",
+      "cas_badval", "touch_hits", "touch_misses", "store_too_large", "store_no_memory",
+    ] {
+      lines.append((name, "\(store[name])"))
+    }
+    let disabled = listenDisabledSince.load(ordering: .relaxed)
+    let disabledNow = disabled > 0 ? max(0, monotonicMicroseconds() - disabled) : 0
     lines += [
+      // No SASL or ascii authentication.
+      ("auth_cmds", "0"), ("auth_errors", "0"),
       ("bytes_read", "\(bytesRead.load(ordering: .relaxed))"),
       ("bytes_written", "\(bytesWritten.load(ordering: .relaxed))"),
       ("limit_maxbytes", "\(store.limitMaxBytes)"),
+      ("accepting_conns", disabled > 0 ? "0" : "1"),
+      ("listen_disabled_num", "\(listenDisabledCount.load(ordering: .relaxed))"),
+      (
+        "time_in_listen_disabled_us",
+        "\(listenDisabledMicroseconds.load(ordering: .relaxed) + disabledNow)"
+      ),
       ("threads", "\(configuration.threads)"),
-      ("frozen", self.store.isFrozen ? "1" : "0"),
-      ("cache_clock", "\(store.cacheClock)"),
-      ("kho_format_version", "\(CacheStore.formatVersion)"),
+      ("conn_yields", "\(connectionYields.load(ordering: .relaxed))"),
+      ("hash_power_level", "\(self.store.hashBucketCount.trailingZeroBitCount)"),
+      ("hash_bytes", "\(self.store.hashBucketCount * 8)"),
+      // The index is sized at format time and never grows.
+      ("hash_is_expanding", "0"),
+      // Pages move between classes whole and only when empty
+      // (Rebalance.swift): nothing is rescued, evicted or waited for.
+      ("slab_reassign_rescues", "0"), ("slab_reassign_chunk_rescues", "0"),
+      ("slab_reassign_evictions_nomem", "0"), ("slab_reassign_inline_reclaim", "0"),
+      ("slab_reassign_busy_items", "0"), ("slab_reassign_busy_deletes", "0"),
+      ("slab_reassign_running", "0"),
+      ("slabs_moved", "\(store["slabs_moved"])"),
+      // Allocation failures: the arena is mapped at start; a full store
+      // evicts or answers store_no_memory.
+      ("malloc_fails", "0"),
+      // No `watch` log stream.
+      ("log_worker_dropped", "0"), ("log_worker_written", "0"), ("log_watcher_skipped", "0"),
+      ("log_watcher_sent", "0"), ("log_watchers", "0"),
+      // No NAPI-id thread placement.
+      ("unexpected_napi_ids", "0"), ("round_robin_fallback", "0"),
       ("bytes", "\(store["bytes"])"),
       ("curr_items", "\(store["curr_items"])"),
       ("total_items", "\(store["total_items"])"),
+      // Slab pages no class holds yet: where every class takes its next.
+      ("slab_global_page_pool", "\(self.store.freePageCount)"),
+      ("expired_unfetched", "\(store["expired_unfetched"])"),
+      ("evicted_unfetched", "\(store["evicted_unfetched"])"),
       ("evictions", "\(store["evictions"])"),
       ("reclaimed", "\(store["reclaimed"])"),
-      ("slabs_moved", "\(store["slabs_moved"])"),
-      // Damage found in a handed-over region and cut away (kho-cache only).
-      ("damaged", "\(store["damaged"])"),
+      // No LRU crawler, no reference counts left on an item at rest.
+      ("crawler_reclaimed", "0"), ("crawler_items_checked", "0"), ("lrutail_reflocked", "0"),
     ]
     return lines
+  }
+
+  /// `stats reset` of the counters kept by the process, as memcached's
+  /// stats_reset zeroes its `stats` and the threads' (a pause in
+  /// progress goes on counting from now).
+  func resetProcessStats() {
+    metaCommands.store(0, ordering: .relaxed)
+    connectionYields.store(0, ordering: .relaxed)
+    listenDisabledCount.store(0, ordering: .relaxed)
+    listenDisabledMicroseconds.store(0, ordering: .relaxed)
+    if listenDisabledSince.load(ordering: .relaxed) > 0 {
+      listenDisabledSince.store(monotonicMicroseconds(), ordering: .relaxed)
+    }
+  }
+
+  /// `stats kho`: kho-cache's own figures, apart so that `stats` keeps
+  /// exactly memcached's keys.
+  func khoStatsLines() -> [(String, String)] {
+    let store = self.store.stats()
+    return [
+      ("frozen", self.store.isFrozen ? "1" : "0"),
+      ("cache_clock", "\(store.cacheClock)"),
+      ("kho_format_version", "\(CacheStore.formatVersion)"),
+      // Damage found in a handed-over region and cut away.
+      ("damaged", "\(store["damaged"])"),
+    ]
   }
 
   private func formatTime(_ tv: timeval) -> String {

@@ -37,6 +37,7 @@ extension MemcacheHandler {
     let subcommand = line.slice(tokens[1])
     if subcommand.equals("reset") {
       store.resetStats()
+      shared.resetProcessStats()
       PrefixStats.clear()
       return reply("RESET")
     } else if subcommand.equals("detail") {
@@ -50,6 +51,10 @@ extension MemcacheHandler {
       return statLines(slabLines())
     } else if subcommand.equals("cachedump") {
       return cacheDump(line, tokens)
+    } else if subcommand.equals("kho") {
+      return statLines(shared.khoStatsLines())
+    } else if subcommand.equals("conns") {
+      return statsConns()
     } else if subcommand.equals("sizes") {
       // memcached tracks item sizes only when started with -o track_sizes.
       return statLines([("sizes_status", "disabled")])
@@ -90,13 +95,15 @@ extension MemcacheHandler {
       ("domain_socket", "NULL"),
       ("umask", "700"),
       ("shutdown_command", yesNo(configuration.shutdownEnabled)),
-      ("growth_factor", "1.25"),
-      ("chunk_size", "48"),
+      // The store's own: a store attached after an upgrade keeps the
+      // size classes it was formatted with, whatever -n and -f now say.
+      ("growth_factor", formatFactor(store.sizeClasses.growthFactor)),
+      ("chunk_size", String(store.sizeClasses.chunkSpace)),
       ("num_threads", String(configuration.threads)),
       ("num_threads_per_udp", String(configuration.threads)),
       ("stat_key_prefix", ":"),
       ("detail_enabled", yesNo(RuntimeSettings.detailEnabled.load(ordering: .relaxed))),
-      ("reqs_per_event", "20"),
+      ("reqs_per_event", String(configuration.requestsPerEvent)),
       ("cas_enabled", "yes"),
       ("tcp_backlog", "1024"),
       ("binding_protocol", "ascii"),
@@ -110,7 +117,7 @@ extension MemcacheHandler {
       ("slab_chunk_max", String(store.pageSize / 2)),
       ("lru_crawler", "no"),
       ("tail_repair_time", "0"),
-      ("flush_enabled", "yes"),
+      ("flush_enabled", yesNo(configuration.flushEnabled)),
       ("dump_enabled", "yes"),
       ("hash_algorithm", "fnv1a_64"),
       ("lru_maintainer_thread", "no"),
@@ -123,19 +130,27 @@ extension MemcacheHandler {
     ]
   }
 
+  /// memcached's "%.2f".
+  private func formatFactor(_ factor: Double) -> String {
+    let hundredths = Int((factor * 100).rounded())
+    let fraction = hundredths % 100
+    return "\(hundredths / 100)." + (fraction < 10 ? "0" : "") + "\(fraction)"
+  }
+
   /// memcached's item_stats, one LRU per class (no hot/warm segments: every
   /// item counts as cold, every hit as a hit to cold).
   private func itemLines() -> [(String, String)] {
     var lines: [(String, String)] = []
-    for info in store.classStats() where info.items > 0 || info.evicted > 0 {
+    for info in store.classStats() where info.items > 0 || info.evicted > 0 || info.reclaimed > 0 {
       let prefix = "items:\(info.classId):"
       let figures: [(String, String)] = [
         ("number", String(info.items)), ("number_hot", "0"), ("number_warm", "0"),
         ("number_cold", String(info.items)), ("age_hot", "0"), ("age_warm", "0"),
         ("age", String(info.oldestAge)), ("mem_requested", String(info.requestedBytes)),
-        ("evicted", String(info.evicted)), ("evicted_nonzero", "0"), ("evicted_time", "0"),
-        ("outofmemory", "0"), ("tailrepairs", "0"), ("reclaimed", "0"),
-        ("expired_unfetched", "0"), ("evicted_unfetched", "0"), ("evicted_active", "0"),
+        ("evicted", String(info.evicted)), ("evicted_nonzero", String(info.evictedNonzero)),
+        ("evicted_time", "0"), ("outofmemory", "0"), ("tailrepairs", "0"),
+        ("reclaimed", String(info.reclaimed)), ("expired_unfetched", String(info.expiredUnfetched)),
+        ("evicted_unfetched", String(info.evictedUnfetched)), ("evicted_active", "0"),
         ("crawler_reclaimed", "0"), ("crawler_items_checked", "0"),
         ("lrutail_reflocked", "0"), ("moves_to_cold", "0"), ("moves_to_warm", "0"),
         ("moves_within_lru", "0"), ("direct_reclaims", "0"),

@@ -72,16 +72,25 @@ public final class CacheStore: @unchecked Sendable {
   /// - Parameters:
   ///   - region: the memory, mapped shared and read-write.
   ///   - itemSizeMax: the largest item (header + key + value), memcached's `-I`.
+  ///   - sizeClasses: memcached's `-n` and `-f`, kept in the header: every
+  ///     later `attach` uses these, whatever its own image was asked for.
   ///   - clock: where time comes from; `.system` outside tests.
   ///   - damageHandler: told about damage found in the region (see `attach`).
-  /// - Throws: `CacheRegionError` when the region or the limit is unusable.
+  /// - Throws: `CacheRegionError` when the region or the limits are unusable.
   public static func format(
-    region: CacheRegion, itemSizeMax: Int = defaultItemSizeMax, clock: CacheClockSource = .system,
+    region: CacheRegion, itemSizeMax: Int = defaultItemSizeMax,
+    sizeClasses: SizeClasses = .init(), clock: CacheClockSource = .system,
     damageHandler: (@Sendable (String) -> Void)? = nil
   ) throws(CacheRegionError) -> CacheStore {
     guard (1024...(1 << 30)).contains(itemSizeMax) else { throw .invalidItemSizeMax(itemSizeMax) }
+    guard sizeClasses.isValid(itemSizeMax: itemSizeMax) else {
+      throw .invalidSizeClasses(sizeClasses)
+    }
     guard Int(bitPattern: region.base) & 7 == 0 else { throw .misalignedBase }
-    guard let geometry = Geometry.plan(regionSize: region.size, itemSizeMax: itemSizeMax) else {
+    guard
+      let geometry = Geometry.plan(
+        regionSize: region.size, itemSizeMax: itemSizeMax, classes: sizeClasses)
+    else {
       throw .regionTooSmall(size: region.size)
     }
     let memory = RegionMemory(base: region.base, size: region.size)
@@ -187,6 +196,12 @@ public final class CacheStore: @unchecked Sendable {
 
   /// The largest item accepted (header + key + value).
   public var itemSizeMax: Int { core.geometry.itemSizeMax }
+
+  /// The `-n` and `-f` the store was formatted with (an attached store's
+  /// own, not the current image's options).
+  public var sizeClasses: SizeClasses {
+    SizeClasses(chunkSpace: core.geometry.chunkSpace, growthFactor: core.geometry.growthFactor)
+  }
 
   /// Bytes of slab pages, memcached's `limit_maxbytes`.
   public var limitMaxBytes: Int { core.geometry.pageCount * core.geometry.pageSize }

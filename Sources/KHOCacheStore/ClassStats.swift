@@ -22,17 +22,47 @@ public struct CacheClassStats: Sendable, Equatable {
   public var oldestAge: UInt32
   /// Items evicted from this class to make room (`evicted`).
   public var evicted: UInt64
+  /// Of those, the items that had an expiry time (`evicted_nonzero`).
+  public var evictedNonzero: UInt64 = 0
+  /// Of those, the items never fetched (`evicted_unfetched`).
+  public var evictedUnfetched: UInt64 = 0
+  /// Expired items whose chunk was taken for another (`reclaimed`).
+  public var reclaimed: UInt64 = 0
+  /// Of those, the items never fetched (`expired_unfetched`).
+  public var expiredUnfetched: UInt64 = 0
+}
+
+/// The per-class counters kept after the class table (each a u64 per class).
+enum ClassCounter: Int, CaseIterable {
+  case evictedNonzero, evictedUnfetched, reclaimed, expiredUnfetched
 }
 
 extension Header {
   /// u64 × maxClasses: evictions per class (class id - 1), in the reserved
   /// words (0 in a region an older image formatted: "none recorded").
   static let classEvictions = 496
+  /// u64 × maxClasses × `ClassCounter.allCases.count`, after the class table
+  /// (zero in a region an older image formatted: "none recorded", and
+  /// never read by it, so no format bump).
+  static let classCounters = classTable + CacheLimits.maxClasses * ClassField.size
+
+  /// The offset of `counter` for `classId`.
+  static func classCounter(_ counter: ClassCounter, _ classId: Int) -> Int {
+    classCounters + (counter.rawValue * CacheLimits.maxClasses + classId - 1) * 8
+  }
 }
 
 extension CacheStore {
   /// The size of one slab page (memcached's `slab_page_size`, 1 MB for `-I 1m`).
   public var pageSize: Int { locked { $0.geometry.pageSize } }
+
+  /// Hash index buckets (a power of two, fixed at format time).
+  public var hashBucketCount: Int { locked { $0.geometry.bucketCount } }
+
+  /// Slab pages no class holds yet (`slab_global_page_pool`).
+  public var freePageCount: Int {
+    locked { core in core.geometry.pageCount - Int(core.memory.u64(Header.pagesUsed)) }
+  }
 
   /// Slab pages in use by any class, times the page size (`total_malloced`).
   public var bytesInPages: Int {
@@ -46,7 +76,8 @@ extension CacheStore {
         let entry = core.geometry.classEntry(classId)
         let pages = Int(core.memory.u64(entry + ClassField.pageCount))
         let evicted = core.memory.u64(Header.classEvictions + (classId - 1) * 8)
-        guard pages > 0 || evicted > 0 else { return nil }
+        let counter = { core.memory.u64(Header.classCounter($0, classId)) }
+        guard pages > 0 || evicted > 0 || counter(.reclaimed) > 0 else { return nil }
         let items = Int(core.memory.u64(entry + ClassField.itemCount))
         let tail = core.memory.off(entry + ClassField.lruTail)
         return CacheClassStats(
@@ -55,17 +86,44 @@ extension CacheStore {
           items: items, freeChunks: Int(core.memory.u64(entry + ClassField.freeCount)),
           requestedBytes: core.requestedBytes(classId, limit: items),
           oldestAge: tail == 0 ? 0 : core.now &- core.memory.u32(tail + ItemField.time),
-          evicted: evicted)
+          evicted: evicted, evictedNonzero: counter(.evictedNonzero),
+          evictedUnfetched: counter(.evictedUnfetched), reclaimed: counter(.reclaimed),
+          expiredUnfetched: counter(.expiredUnfetched))
       }
     }
   }
 }
 
 extension StoreCore {
-  /// Counts an eviction from `classId` for `stats items`.
-  func countClassEviction(_ classId: Int) {
+  /// Counts the eviction of `item` from `classId` for `stats items`, as
+  /// memcached's do_item_alloc_pull does: every one, those with an
+  /// expiry time, those never fetched.
+  func countClassEviction(_ item: Int, _ classId: Int) {
     let offset = Header.classEvictions + (classId - 1) * 8
     memory.setU64(offset, memory.u64(offset) &+ 1)
+    if memory.u32(item + ItemField.exptime) != 0 { countClass(.evictedNonzero, classId) }
+    if !wasFetched(item) {
+      countClass(.evictedUnfetched, classId)
+      count(.evictedUnfetched)
+    }
+  }
+
+  /// Counts the reclaim of expired `item`'s chunk in `classId`.
+  func countClassReclaim(_ item: Int, _ classId: Int) {
+    countClass(.reclaimed, classId)
+    if !wasFetched(item) {
+      countClass(.expiredUnfetched, classId)
+      count(.expiredUnfetched)
+    }
+  }
+
+  private func countClass(_ counter: ClassCounter, _ classId: Int) {
+    let offset = Header.classCounter(counter, classId)
+    memory.setU64(offset, memory.u64(offset) &+ 1)
+  }
+
+  private func wasFetched(_ item: Int) -> Bool {
+    memory.u8(item + ItemField.metaFlags) & ItemField.fetched != 0
   }
 
   /// The bytes of the items on `classId`'s LRU, walking at most `limit`

@@ -4,6 +4,9 @@ public enum CacheRegionError: Error, Equatable, Sendable, CustomStringConvertibl
   case regionTooSmall(size: Int)
   /// The item size limit is outside 1 KiB...1 GiB (memcached's `-I` bounds).
   case invalidItemSizeMax(Int)
+  /// `-n` is not positive or exceeds the item size limit, or `-f` is not
+  /// a finite number above 1.
+  case invalidSizeClasses(SizeClasses)
   /// The region base is not 8-byte aligned.
   case misalignedBase
   /// The first 8 bytes are not "KHOCACHE": this is not a cache region.
@@ -24,6 +27,8 @@ public enum CacheRegionError: Error, Equatable, Sendable, CustomStringConvertibl
     switch self {
     case .regionTooSmall(let size): "cache region of \(size) bytes is too small"
     case .invalidItemSizeMax(let size): "item size max \(size) is outside 1024...1073741824"
+    case .invalidSizeClasses(let classes):
+      "size classes -n \(classes.chunkSpace) -f \(classes.growthFactor): -n must be between 1 and the item size limit, -f a number above 1"
     case .misalignedBase: "cache region base is not 8-byte aligned"
     case .badMagic: "cache region has no KHOCACHE magic"
     case .unsupportedVersion(let v):

@@ -10,29 +10,33 @@ struct Geometry: Equatable {
   var pageTableOffset: Int
   var slabOffset: Int
   var pageCount: Int
+  /// memcached's `-n`: the item space of class 1 beyond memcached's item
+  /// struct. Part of the geometry: fixed when the store is formatted.
+  var chunkSpace: Int = SizeClasses.defaultChunkSpace
+  /// memcached's `-f`: each class's chunks this much bigger than the last.
+  var growthFactor: Double = SizeClasses.defaultGrowthFactor
   /// Chunk size of class id `i + 1` (class ids start at 1; 0 means "none").
   var chunkSizes: [Int]
 
   var classCount: Int { chunkSizes.count }
   var slabEnd: Int { slabOffset + pageCount * pageSize }
 
-  /// memcached's class 1: its 48-byte item struct plus `-n 48`. Using
-  /// memcached's chunk sizes (not our 64-byte header plus 48) numbers the
-  /// classes as memcached does, so `stats items`/`stats slabs` name the same
-  /// class for the same value size (ours holds 5 bytes more overhead).
-  static let smallestChunk = 96
-  static let growthFactor = 1.25
-
   /// Size classes exactly as memcached 1.6.18's slabs_init builds them
-  /// (`-n 48 -f 1.25 -I 1m`): from the smallest chunk, each 1.25× the last
-  /// (truncated, then 8-byte aligned) while below half a page divided by
-  /// the factor; then half a page (memcached's slab_chunk_max, its last
-  /// class). memcached chunks larger items; kho-cache adds one class of a
-  /// whole page for them.
-  static func chunkSizes(pageSize: Int) -> [Int] {
+  /// for `-n chunkSpace -f growthFactor -I itemSizeMax`: class 1 holds
+  /// memcached's 48-byte item struct plus `chunkSpace`, each next class is
+  /// `growthFactor` times the last (truncated, then 8-byte aligned) while
+  /// below half a page divided by the factor; then half a page (memcached's
+  /// slab_chunk_max, its last class). Using memcached's chunk sizes (not our
+  /// 64-byte header plus the space) numbers the classes as memcached does,
+  /// so `stats items`/`stats slabs` name the same class for the same value
+  /// size (ours holds 5 bytes more overhead). memcached chunks larger
+  /// items; kho-cache adds one class of a whole page for them, so it has
+  /// one growth class fewer than memcached where a factor near 1 reaches
+  /// the 63-class limit.
+  static func chunkSizes(pageSize: Int, chunkSpace: Int, growthFactor: Double) -> [Int] {
     let chunkMax = pageSize / 2
     var sizes: [Int] = []
-    var size = smallestChunk
+    var size = SizeClasses.memcachedItemStruct + chunkSpace
     while Double(size) < Double(chunkMax) / growthFactor && sizes.count < CacheLimits.maxClasses - 2
     {
       sizes.append(align8(size))
@@ -55,7 +59,8 @@ struct Geometry: Equatable {
 
   /// Lays out a region of `regionSize` bytes; nil when it cannot hold the
   /// header, the index and at least one page.
-  static func plan(regionSize: Int, itemSizeMax: Int) -> Geometry? {
+  static func plan(regionSize: Int, itemSizeMax: Int, classes: SizeClasses = .init()) -> Geometry? {
+    guard classes.isValid(itemSizeMax: itemSizeMax) else { return nil }
     let pageSize = pageSize(itemSizeMax: itemSizeMax)
     guard regionSize > Header.size else { return nil }
     let buckets = bucketCount(forItemBytes: regionSize - Header.size)
@@ -73,7 +78,10 @@ struct Geometry: Equatable {
     return Geometry(
       regionSize: regionSize, itemSizeMax: itemSizeMax, pageSize: pageSize,
       bucketCount: buckets, hashOffset: hashOffset, pageTableOffset: pageTableOffset,
-      slabOffset: slabOffset, pageCount: pages, chunkSizes: chunkSizes(pageSize: pageSize))
+      slabOffset: slabOffset, pageCount: pages, chunkSpace: classes.chunkSpace,
+      growthFactor: classes.growthFactor,
+      chunkSizes: chunkSizes(
+        pageSize: pageSize, chunkSpace: classes.chunkSpace, growthFactor: classes.growthFactor))
   }
 
   /// The smallest class whose chunks hold `total` bytes, or nil.
@@ -90,6 +98,38 @@ struct Geometry: Equatable {
   func classEntry(_ classId: Int) -> Int { Header.classTable + (classId - 1) * ClassField.size }
   func bucket(_ hash: UInt32) -> Int {
     hashOffset + Int(hash & UInt32(truncatingIfNeeded: bucketCount - 1)) * 8
+  }
+}
+
+/// memcached's `-n` and `-f`: how a store's size classes are sized. They
+/// are chosen when the store is formatted and kept in its header; a store
+/// attached after a handover keeps the ones it was formatted with.
+public struct SizeClasses: Sendable, Equatable {
+  /// memcached's default `-n`.
+  public static let defaultChunkSpace = 48
+  /// memcached's default `-f`.
+  public static let defaultGrowthFactor = 1.25
+  /// memcached 1.6's `sizeof(item)` with CAS, which class 1 adds `-n` to.
+  static let memcachedItemStruct = 48
+
+  /// Bytes of item space in class 1 beyond memcached's item struct (`-n`).
+  public var chunkSpace: Int
+  /// Each class's chunk size over the last's (`-f`).
+  public var growthFactor: Double
+
+  /// memcached's defaults, or the given `-n` and `-f`.
+  public init(
+    chunkSpace: Int = SizeClasses.defaultChunkSpace,
+    growthFactor: Double = SizeClasses.defaultGrowthFactor
+  ) {
+    self.chunkSpace = chunkSpace
+    self.growthFactor = growthFactor
+  }
+
+  /// memcached's checks (`-f` above 1, `-n` above 0) plus the bounds it
+  /// lacks: a finite factor, and an `-n` of at most the largest item.
+  public func isValid(itemSizeMax: Int) -> Bool {
+    growthFactor > 1 && growthFactor.isFinite && chunkSpace > 0 && chunkSpace <= itemSizeMax
   }
 }
 

@@ -41,6 +41,13 @@ enum Header {
   // at it, so fields may be added here without a version bump as long as
   // 0 means "not recorded". [496, 1000): evictions per size class
   // (`Header.classEvictions`, ClassStats.swift).
+  // u64 `-n` and the u64 bit pattern of the f64 `-f` the size classes were
+  // built with (0: formatted by an image without them, with memcached's
+  // defaults 48 and 1.25, which older images assume). Outside the
+  // checksum, but `Geometry.check` rebuilds the checksummed chunk sizes
+  // from them.
+  static let chunkSpace = 480
+  static let growthFactor = 488
   // u64: the wall-clock second (unix time) at which the cache clock would
   // have read 0, written by `format` (0: not recorded, by an older image).
   // The cache clock only runs while an image runs, so it can never be
@@ -127,6 +134,8 @@ enum StatCounter: Int, CaseIterable {
   case damaged
   /// Slab pages moved from one size class to another.
   case slabsMoved
+  /// Evicted items never fetched, and expired ones reclaimed unfetched.
+  case evictedUnfetched, expiredUnfetched
 }
 
 /// Limits of the format.

@@ -131,6 +131,12 @@ extension CacheStore {
     }
   }
 
+  /// Counts a `flush_all` that was refused (memcached's `-F`), in
+  /// `cmd_flush` as memcached counts it. A no-op while frozen.
+  public func countRefusedFlush() {
+    _ = try? mutating(nil) { core in core.count(.cmdFlush) }
+  }
+
   /// stats reset: zeroes the event counters (not curr_items or bytes).
   /// A no-op while frozen.
   public func resetStats() {
@@ -140,6 +146,9 @@ extension CacheStore {
       }
       for classId in 1...core.geometry.classCount {
         core.memory.setU64(Header.classEvictions + (classId - 1) * 8, 0)
+        for counter in ClassCounter.allCases {
+          core.memory.setU64(Header.classCounter(counter, classId), 0)
+        }
       }
     }
   }
@@ -206,6 +215,8 @@ extension StatCounter {
     case .storeNoMemory: "store_no_memory"
     case .damaged: "damaged"
     case .slabsMoved: "slabs_moved"
+    case .evictedUnfetched: "evicted_unfetched"
+    case .expiredUnfetched: "expired_unfetched"
     }
   }
 }

@@ -46,6 +46,8 @@ extension Geometry {
     memory.setU64(Header.slabOffset, UInt64(slabOffset))
     memory.setU64(Header.pageCount, UInt64(pageCount))
     memory.setU32(Header.classCount, UInt32(classCount))
+    memory.setU64(Header.chunkSpace, UInt64(chunkSpace))
+    memory.setU64(Header.growthFactor, growthFactor.bitPattern)
     for (index, chunk) in chunkSizes.enumerated() {
       let entry = classEntry(index + 1)
       memory.setU64(entry + ClassField.chunkSize, UInt64(chunk))
@@ -95,6 +97,11 @@ extension Geometry {
       pageTableOffset: memory.off(Header.pageTableOffset),
       slabOffset: memory.off(Header.slabOffset),
       pageCount: memory.off(Header.pageCount),
+      // 0: formatted by an image that had no -n/-f, with memcached's defaults.
+      chunkSpace: memory.u64(Header.chunkSpace) == 0
+        ? SizeClasses.defaultChunkSpace : Int(truncatingIfNeeded: memory.u64(Header.chunkSpace)),
+      growthFactor: memory.u64(Header.growthFactor) == 0
+        ? SizeClasses.defaultGrowthFactor : Double(bitPattern: memory.u64(Header.growthFactor)),
       chunkSizes: (1...classCount).map {
         memory.off(Header.classTable + ($0 - 1) * ClassField.size)
       })
@@ -104,12 +111,23 @@ extension Geometry {
 
   /// The geometry must be exactly what `plan` would build for this region:
   /// that one comparison covers every bound (index and pages inside the
-  /// region, no overlap, classes increasing and within a page).
+  /// region, no overlap, classes increasing and within a page). `-n` and
+  /// `-f` are outside the checksum, but the chunk sizes they must rebuild
+  /// are inside it, so a damaged `-n` or `-f` is refused here too (one
+  /// that happens to build the same classes is harmless: only the figure
+  /// `stats settings` shows would differ).
   func check() throws(CacheRegionError) {
     guard (1024...(1 << 30)).contains(itemSizeMax) else {
       throw .corrupt("item size max \(itemSizeMax)")
     }
-    guard let expected = Geometry.plan(regionSize: regionSize, itemSizeMax: itemSizeMax) else {
+    let classes = SizeClasses(chunkSpace: chunkSpace, growthFactor: growthFactor)
+    guard classes.isValid(itemSizeMax: itemSizeMax) else {
+      throw .corrupt("size classes -n \(chunkSpace) -f \(growthFactor)")
+    }
+    guard
+      let expected = Geometry.plan(
+        regionSize: regionSize, itemSizeMax: itemSizeMax, classes: classes)
+    else {
       throw .corrupt("geometry does not fit the region")
     }
     guard expected == self else {

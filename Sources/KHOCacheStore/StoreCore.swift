@@ -373,8 +373,10 @@ final class StoreCore {
     case .removed: break
     case .evicted:
       count(.evictions)
-      countClassEviction(classId)
-    case .reclaimed: count(.reclaimed)
+      countClassEviction(item, classId)
+    case .reclaimed:
+      count(.reclaimed)
+      countClassReclaim(item, classId)
     }
     return classId
   }

@@ -60,6 +60,35 @@ struct KHOCacheCommand: ParsableCommand {
   var threads: Int = 4
 
   @Option(
+    name: [.customShort("n"), .customLong("slab-min-size")],
+    help: """
+      Minimum item space in bytes (key, value and flags) of the smallest size class, as \
+      memcached's -n. Fixed when the store is formatted: a store handed over keeps its own.
+      """)
+  var slabMinSize: String = "48"
+
+  @Option(
+    name: [.customShort("f"), .customLong("slab-growth-factor")],
+    help: """
+      Chunk size growth factor between size classes, above 1, as memcached's -f. Fixed when \
+      the store is formatted: a store handed over keeps its own.
+      """)
+  var slabGrowthFactor: String = "1.25"
+
+  @Option(
+    name: [.customShort("R"), .customLong("max-reqs-per-event")],
+    help: """
+      Commands a connection runs in a row before the other connections of its thread get \
+      their turn, as memcached's -R (counted in stats conn_yields).
+      """)
+  var maxRequestsPerEvent: String = "20"
+
+  @Flag(
+    name: [.customShort("F"), .customLong("disable-flush-all")],
+    help: "Refuse flush_all (CLIENT_ERROR flush_all not allowed), as memcached's -F.")
+  var disableFlushAll = false
+
+  @Option(
     name: .customLong("kho-scratch"),
     help: """
       Size of the KHO scratch region, with the kernel's memparse syntax (512K, 64M, 1G...). \
@@ -97,6 +126,26 @@ struct KHOCacheCommand: ParsableCommand {
       )
     }
     guard threads > 0 else { throw ValidationError("--threads must be positive") }
+    // memcached's own words for its checks ("Factor must be greater than
+    // 1", "Chunk size must be greater than 0"), with the value given.
+    guard let factor = Double(slabGrowthFactor), factor.isFinite, factor > 1 else {
+      throw ValidationError(
+        "-f/--slab-growth-factor: factor must be greater than 1, got \(slabGrowthFactor)")
+    }
+    guard let chunkSpace = Int(slabMinSize), chunkSpace > 0 else {
+      throw ValidationError(
+        "-n/--slab-min-size: chunk size must be greater than 0, got \(slabMinSize)")
+    }
+    let itemSizeMax = parseSize(maxItemSize)!
+    guard chunkSpace <= itemSizeMax else {
+      throw ValidationError(
+        "-n/--slab-min-size \(chunkSpace) is larger than the largest item (-I \(maxItemSize))")
+    }
+    guard let requests = Int(maxRequestsPerEvent), requests > 0 else {
+      throw ValidationError(
+        "-R/--max-reqs-per-event: number of requests per event must be greater than 0, got \(maxRequestsPerEvent)"
+      )
+    }
     guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
     if let khoScratch, (try? KernelParsing.memparse(khoScratch)) == nil {
       throw ValidationError("--kho-scratch: \"\(khoScratch)\" is not a size (e.g. 64M)")
@@ -128,6 +177,9 @@ struct KHOCacheCommand: ParsableCommand {
     configuration.tcpPort = port
     configuration.listenAddress = listen
     configuration.shutdownEnabled = enableShutdown
+    configuration.flushEnabled = !disableFlushAll
+    configuration.requestsPerEvent = Int(maxRequestsPerEvent)!
+    configuration.reservedDescriptors = ResourceLimits.descriptorHeadroom(threads: threads)
     if runtime.predecessorStillServes {
       // Connections will be handed over: pay the first adoption's costs
       // while the predecessor still serves (in place they would only move).
@@ -140,6 +192,7 @@ struct KHOCacheCommand: ParsableCommand {
       try adopted
       ?? freshStore(runtime, regionSize: regionSize, itemSizeMax: itemSizeMax, logger: logger)
     HandoverTrace.stamp("new: attached")
+    if adopted != nil { noteKeptGeometry(store, itemSizeMax: itemSizeMax, logger: logger) }
     if FaultInjection.isArmed {
       store.setCrashHook { FaultInjection.reach($0) }
     }
@@ -323,7 +376,26 @@ struct KHOCacheCommand: ParsableCommand {
     let pages = try kho.allocator.allocate(bytes: size)
     let region = CacheRegion(
       base: kho.arena.base + Int(pages.lowerBound), size: Int(pages.upperBound - pages.lowerBound))
-    return try CacheStore.format(region: region, itemSizeMax: itemSizeMax)
+    return try CacheStore.format(region: region, itemSizeMax: itemSizeMax, sizeClasses: sizeClasses)
+  }
+
+  /// -n and -f as given (validated).
+  var sizeClasses: SizeClasses {
+    SizeClasses(chunkSpace: Int(slabMinSize)!, growthFactor: Double(slabGrowthFactor)!)
+  }
+
+  /// A store handed over keeps the size classes and item size limit it was
+  /// formatted with: its items sit in chunks of those sizes, so changing
+  /// them would mean moving every item. Options that differ are said in
+  /// the log (and `stats settings` shows the store's); they apply at the
+  /// next cold start.
+  func noteKeptGeometry(_ store: CacheStore, itemSizeMax: Int, logger: Logger) {
+    let kept = store.sizeClasses
+    if kept != sizeClasses || store.itemSizeMax != itemSizeMax {
+      logger.notice(
+        "kho-cache: the adopted store keeps its geometry (-n \(kept.chunkSpace) -f \(kept.growthFactor) -I \(store.itemSizeMax)); -n \(slabMinSize) -f \(slabGrowthFactor) -I \(maxItemSize) apply from the next cold start"
+      )
+    }
   }
 
   /// The store's KHO node. DUMP describes the store's region, which never

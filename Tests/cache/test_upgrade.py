@@ -139,7 +139,10 @@ class Service:
     def stats(self):
         c = self.client()
         try:
-            return {k.decode(): v for k, v in c.stats().items()}
+            # kho-cache's own figures (cache_clock, damaged...) are in
+            # `stats kho`, so that `stats` keeps exactly memcached's keys.
+            merged = {**c.stats(), **c.stats("kho")}
+            return {k.decode(): v for k, v in merged.items()}
         finally:
             c.close()
 
@@ -829,6 +832,67 @@ def expiry_counts_across_upgrade():
         c.close()
     finally:
         svc.stop()
+
+
+def settings(svc):
+    c = svc.client()
+    try:
+        return {k.decode(): v.decode() if isinstance(v, bytes) else str(v)
+                for k, v in c.stats("settings").items()}
+    finally:
+        c.close()
+
+
+def slab_chunk_sizes(svc):
+    c = svc.client()
+    try:
+        return {int(k.decode().split(":")[0]): int(v) for k, v in c.stats("slabs").items()
+                if k.decode().endswith(":chunk_size")}
+    finally:
+        c.close()
+
+
+@test
+def attached_store_keeps_its_size_classes():
+    """The store's size classes (-n, -f) and -I are fixed when it is
+    formatted: an upgrade to an image started with others keeps every item
+    where it is and the store's own geometry (said in the log and in
+    `stats settings`); the new options apply at the next cold start."""
+    svc = Service("geometry").start()
+    sizes = [1, 60, 200, 1000, 5000, 66560, 200000]
+    try:
+        c = svc.client()
+        for size in sizes:
+            assert c.set(f"g-{size}", b"%d" % size + b"x" * size, flags=size) is True
+        before = slab_chunk_sizes(svc)
+        svc.argv = svc.argv + ["-f", "1.5", "-n", "100"]
+        for overlapped in (False, True):
+            svc.upgrade(overlapped=overlapped)
+            c.close()
+            for size in sizes:
+                assert c.get(f"g-{size}") == (b"%d" % size + b"x" * size, size), size
+            s = settings(svc)
+            # (pymemcache turns the values into numbers)
+            assert (float(s["growth_factor"]), int(s["chunk_size"])) == (1.25, 48), s
+            assert slab_chunk_sizes(svc) == before
+            assert "keeps its geometry (-n 48 -f 1.25" in svc.log_tail(200), svc.log_tail()
+        # New items land in the kept classes, and evictions work in them.
+        for i in range(400):
+            assert c.set(f"fill-{i}", b"y" * 300000) is True, i
+        assert c.get("fill-399") == (b"y" * 300000, 0)
+        c.close()
+    finally:
+        svc.stop()
+    cold = Service("geometry-cold", extra=["-f", "1.5", "-n", "100"]).start()
+    try:
+        s = settings(cold)
+        assert (float(s["growth_factor"]), int(s["chunk_size"])) == (1.5, 100), s
+        c = cold.client()
+        assert c.set("k", b"v") is True
+        assert slab_chunk_sizes(cold) == {1: 152}, slab_chunk_sizes(cold)
+        c.close()
+    finally:
+        cold.stop()
 
 
 def main():
