@@ -32,14 +32,7 @@ func openSessions(in kho: KHO, bytes: UInt64) throws -> Sessions {
 }
 
 @Suite struct GrowingAcrossUpgradesTests {
-  let options = KHOOptions(arenaSize: 64 << 20, scratchSize: 1 << 20)
-
-  func handOver(_ old: KHO) throws -> KHO {
-    try old.outgoing.serialize()
-    var location = try old.load()
-    location.fd = dup(location.fd)
-    return try KHO.boot(options, handover: .success(location))
-  }
+  let options = handoverTestOptions
 
   @Test func theArticlesUpgradeKeepsEverySessionInABiggerMap() throws {
     // Version 1 of the service: 1 MiB of sessions.

@@ -11,14 +11,7 @@ import Testing
 /// serializes and loads, a second boots from a duplicate of its arena fd
 /// (as the next image does from the inherited one) and attaches.
 @Suite struct KHOCollectionRegionTests {
-  let options = KHOOptions(arenaSize: 64 << 20, scratchSize: 1 << 20)
-
-  func handOver(_ old: KHO) throws -> KHO {
-    try old.outgoing.serialize()
-    var location = try old.load()
-    location.fd = dup(location.fd)
-    return try KHO.boot(options, handover: .success(location))
-  }
+  let options = handoverTestOptions
 
   @Test func aMapARingAndAnArraySurviveTheHandoverAndAttachInPlace() throws {
     let old = try KHO.boot(options, handover: nil)

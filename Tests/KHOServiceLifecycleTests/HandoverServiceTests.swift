@@ -22,6 +22,18 @@ struct IdleService: Service {
   let options = KHOOptions(arenaSize: 8 << 20, scratchSize: 1 << 20)
   let logger = Logger(label: "test")
 
+  /// A service that SIGHUP hands over, overlapped, to a next image that
+  /// reports ready, waits for the commit, and exits.
+  func bootHandingOverOnSIGHUP() throws -> HandoverService {
+    let script = "printf 'READY\\n' >&$KHO_READY_FD; read -r go <&$KHO_COMMIT_FD; exit 0"
+    return try HandoverService.boot(
+      options,
+      configuration: .init(
+        mode: .overlapped(), reloadSignal: .sighup,
+        nextImage: { NextImage(path: "/bin/bash", arguments: ["bash", "-c", script]) }),
+      logger: logger)
+  }
+
   func temporaryDirectory() -> String {
     var template = Array("/tmp/kho-lifecycle-XXXXXX".utf8CString)
     return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
@@ -33,6 +45,12 @@ struct IdleService: Service {
     let kho = try HandoverService.boot(
       options, configuration: .init(controlMountPoint: directory, reloadSignal: nil),
       logger: logger)
+    try await serveThenShutDown(kho, mountedAt: directory)
+  }
+
+  /// Runs `kho` in a group until it serves (its control files mounted at
+  /// `directory`), then shuts the group down gracefully: unmounted after.
+  func serveThenShutDown(_ kho: HandoverService, mountedAt directory: String) async throws {
     let group = ServiceGroup(
       configuration: .init(
         services: [.init(service: kho), .init(service: IdleService())], logger: logger))
@@ -74,13 +92,7 @@ struct IdleService: Service {
   }
 
   @Test func sighupHandsOver() async throws {
-    let script = "printf 'READY\\n' >&$KHO_READY_FD; read -r go <&$KHO_COMMIT_FD; exit 0"
-    let kho = try HandoverService.boot(
-      options,
-      configuration: .init(
-        mode: .overlapped(), reloadSignal: .sighup,
-        nextImage: { NextImage(path: "/bin/bash", arguments: ["bash", "-c", script]) }),
-      logger: logger)
+    let kho = try bootHandingOverOnSIGHUP()
     async let running: Void = kho.run()
     await kho.serving()
     kill(getpid(), SIGHUP)
@@ -160,25 +172,11 @@ struct IdleService: Service {
     #expect(await kho.ready())
     // No handover can start yet: the mount is not there.
     #expect(access(directory + "/kernel/kho/active", F_OK) != 0)
-    let group = ServiceGroup(
-      configuration: .init(
-        services: [.init(service: kho), .init(service: IdleService())], logger: logger))
-    async let running: Void = group.run()
-    await kho.serving()
-    #expect(access(directory + "/kernel/kho/active", F_OK) == 0)
-    await group.triggerGracefulShutdown()
-    try await running
-    #expect(access(directory + "/kernel/kho/active", F_OK) != 0)
+    try await serveThenShutDown(kho, mountedAt: directory)
   }
 
   @Test func stateRegisteredAfterReadyIsHandedOverBySIGHUP() async throws {
-    let script = "printf 'READY\\n' >&$KHO_READY_FD; read -r go <&$KHO_COMMIT_FD; exit 0"
-    let kho = try HandoverService.boot(
-      options,
-      configuration: .init(
-        mode: .overlapped(), reloadSignal: .sighup,
-        nextImage: { NextImage(path: "/bin/bash", arguments: ["bash", "-c", script]) }),
-      logger: logger)
+    let kho = try bootHandingOverOnSIGHUP()
     let calls = Mutex<[String]>([])
     kho.onStopServing { calls.withLock { $0.append("stop") } }
     // The pattern of a service with state: ready, then take the state and
