@@ -25,6 +25,26 @@ import Testing
     try MemoryMapping.unmap(base, length: 1 << 21)
   }
 
+  /// The fd table probe sees what is open, high numbers included, and
+  /// nothing that was closed; the result is sorted.
+  @Test func openDescriptorsListsWhatIsOpen() throws {
+    let (read, write) = try FileDescriptor.pipe()
+    let high = dup2(read.rawValue, 900)
+    #expect(high == 900)
+    let open = openDescriptors()
+    #expect(open.contains(read.rawValue) && open.contains(write.rawValue) && open.contains(900))
+    #expect(open.contains(0) && open.contains(1) && open.contains(2))
+    #expect(open == open.sorted())
+    close(900)
+    write.closeIgnoringErrors()
+    let after = openDescriptors()
+    // (A low number may be taken again at once by a test running beside
+    // this one; 900 is not, as fds are allocated lowest first.)
+    #expect(!after.contains(900))
+    #expect(after.contains(read.rawValue))
+    read.closeIgnoringErrors()
+  }
+
   @Test func errorsOnABadDescriptor() {
     let bad = FileDescriptor(rawValue: -1)
     #expect(throws: SystemCallError("fstat", Errno(rawValue: EBADF))) { try bad.status() }
