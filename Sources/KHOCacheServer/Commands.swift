@@ -160,29 +160,18 @@ extension MemcacheHandler {
   private func writeValue(_ key: UnsafeRawBufferPointer, cas: Bool, touch exptime: Int64?)
     throws(CacheOperationError)
   {
-    let write: (CacheItemView) -> Void = { item in
-      self.output.writeStaticString("VALUE ")
-      self.output.writeBytes(item.key)
-      self.output.writeStaticString(" ")
-      self.output.writeDecimal(UInt64(item.flags))
-      self.output.writeStaticString(" ")
-      self.output.writeDecimal(UInt64(item.value.count))
-      if cas {
-        self.output.writeStaticString(" ")
-        self.output.writeDecimal(item.cas)
-      }
-      self.output.writeStaticString("\r\n")
-      self.output.writeBytes(item.value)
-      self.output.writeStaticString("\r\n")
-    }
-    let hit: Void?
+    // The closure is passed as a literal (a closure in a variable escapes,
+    // and is allocated on every call).
+    let hit: Bool
     if let exptime {
-      hit = try store.getAndTouch(key, exptime: exptime, write)
+      hit = try store.readAndTouch(key, exptime: exptime) {
+        self.output.writeValueLine($0, cas: cas)
+      }
     } else {
-      hit = store.get(key, write)
+      hit = store.read(key) { self.output.writeValueLine($0, cas: cas) }
     }
     if RuntimeSettings.detailEnabled.load(ordering: .relaxed) {
-      PrefixStats.record(key, .get(hit: hit != nil))
+      PrefixStats.record(key, .get(hit: hit))
     }
   }
 
@@ -385,6 +374,48 @@ extension StoreMode {
 }
 
 extension ByteBuffer {
+  /// Writes one `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n` block
+  /// with one capacity check and plain stores: a hit's reply used to be
+  /// eight separate writes, each checking uniqueness and capacity.
+  mutating func writeValueLine(_ item: CacheItemView, cas: Bool) {
+    // "VALUE " + " " + " " + "\r\n" + "\r\n", two or three decimals of
+    // at most 20 digits, and a space before the CAS.
+    let most = 14 + item.key.count + item.value.count + 20 * 3 + 1
+    writeWithUnsafeMutableBytes(minimumWritableBytes: most) { target in
+      var at = 0
+      @inline(__always) func put(_ bytes: UnsafeRawBufferPointer) {
+        if let base = bytes.baseAddress, !bytes.isEmpty {
+          (target.baseAddress! + at).copyMemory(from: base, byteCount: bytes.count)
+        }
+        at += bytes.count
+      }
+      @inline(__always) func put(_ literal: StaticString) {
+        put(UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+      }
+      @inline(__always) func put(_ byte: UInt8) {
+        target[at] = byte
+        at += 1
+      }
+      @inline(__always) func putDecimal(_ value: UInt64) {
+        at += formatDecimal(value, into: UnsafeMutableRawBufferPointer(rebasing: target[at...]))
+      }
+      put("VALUE ")
+      put(item.key)
+      put(UInt8(ascii: " "))
+      putDecimal(UInt64(item.flags))
+      put(UInt8(ascii: " "))
+      putDecimal(UInt64(item.value.count))
+      if cas {
+        put(UInt8(ascii: " "))
+        putDecimal(item.cas)
+      }
+      put("\r\n")
+      put(item.value)
+      put("\r\n")
+      return at
+    }
+  }
+
   /// Writes `value` in decimal without going through String.
   @inline(__always) mutating func writeDecimal(_ value: UInt64) {
     var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch
@@ -399,4 +430,26 @@ extension ByteBuffer {
       writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
     }
   }
+}
+
+/// Writes `value` in decimal at the start of `target` (at least 20 bytes:
+/// UInt64.max has 20 digits) and returns the number of digits.
+@inline(__always) func formatDecimal(_ value: UInt64, into target: UnsafeMutableRawBufferPointer)
+  -> Int
+{
+  var digits = 1
+  var rest = value
+  while rest >= 10 {
+    digits += 1
+    rest /= 10
+  }
+  precondition(target.count >= digits)
+  rest = value
+  var index = digits
+  repeat {
+    index -= 1
+    target[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+    rest /= 10
+  } while rest > 0
+  return digits
 }

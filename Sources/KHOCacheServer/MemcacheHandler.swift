@@ -102,12 +102,21 @@ public final class MemcacheHandler: ChannelDuplexHandler {
     self.output = ByteBuffer()
   }
 
+  /// The reply buffer a connection starts with, and the most it keeps
+  /// between flushes (a bigger one is let go, so that idle connections do
+  /// not each hold the largest reply they ever sent).
+  static let initialOutputCapacity = 1024
+  static let retainedOutputCapacity = 64 << 10
+  /// What `output` holds while its chunk is being written (shared, never
+  /// written to in place: a write to it allocates a buffer of its own).
+  static let noOutput = ByteBufferAllocator().buffer(capacity: 0)
+
   public func handlerAdded(context: ChannelHandlerContext) {
     eventLoop = context.eventLoop
   }
 
   public func channelActive(context: ChannelHandlerContext) {
-    output = context.channel.allocator.buffer(capacity: 1024)
+    output = context.channel.allocator.buffer(capacity: Self.initialOutputCapacity)
     // Accepted into the reserve descriptor (the process is out of them),
     // or past -c: refused either way.
     admitted = preAdmitted || (!shared.takeOwedRefusal() && shared.admit())
@@ -210,7 +219,8 @@ public final class MemcacheHandler: ChannelDuplexHandler {
       switch outcome {
       case .done:
         // The freeze is over: a later freeze gets a full wait again.
-        if !store.isFrozen { frozenSince = nil }
+        // (isFrozen takes the store's lock: asked only when there is a wait.)
+        if frozenSince != nil && !store.isFrozen { frozenSince = nil }
       case .outputFull:
         // The loop flushes, then goes on or waits for writability.
         continue
@@ -336,27 +346,62 @@ public final class MemcacheHandler: ChannelDuplexHandler {
   /// Hands the gathered replies to the channel. While a refused data block
   /// is being swallowed they are held, as memcached holds them, so that
   /// the reply to a too-large set comes after its data, not before.
+  ///
+  /// Usually the socket takes the whole chunk inside `writeAndFlush`, and
+  /// then NIO has let go of the chunk's storage by the time it returns:
+  /// `output` is its only owner again, so it is cleared and reused (no
+  /// buffer, promise or callback per flush). Only when NIO still holds the
+  /// chunk (the socket took part of it, or earlier replies are queued)
+  /// are its bytes counted as unsent, until a promise on an empty write
+  /// queued behind it says they are written (NIO completes writes in
+  /// order, an empty one once everything before it is out).
   func flushOutput(_ context: ChannelHandlerContext) {
     if output.readableBytes > 0 && (swallow == 0 || closing) {
       let count = output.readableBytes
       shared.bytesWritten.wrappingAdd(count, ordering: .relaxed)
-      let chunk = output
-      output = context.channel.allocator.buffer(capacity: 1024)
-      unsentBytes += count
-      shared.unsentReplyBytes.wrappingAdd(count, ordering: .relaxed)
-      let written = context.eventLoop.makePromise(of: Void.self)
-      // Written, or failed at close: no longer held either way.
-      written.futureResult.assumeIsolated().whenComplete { _ in
-        self.unsentBytes -= count
-        self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
-        self.resumeIfRepliesFit(context)
-        self.notifyDrainWaiter()
+      // Taken out first: anything run from inside the write (a promise's
+      // callback) that replies writes to a buffer of its own.
+      var chunk = output
+      output = Self.noOutput
+      let storage = chunk.withVeryUnsafeBytes { $0.baseAddress }
+      context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+      // clear() keeps the storage only if no one else references it.
+      chunk.clear()
+      let writtenAlready = chunk.withVeryUnsafeBytes { $0.baseAddress } == storage
+      if output.readableBytes == 0 {
+        // A big reply (a long multi-get) does not keep its buffer.
+        output =
+          chunk.capacity <= Self.retainedOutputCapacity
+          ? chunk : context.channel.allocator.buffer(capacity: Self.initialOutputCapacity)
       }
-      context.writeAndFlush(wrapOutboundOut(chunk), promise: written)
+      if writtenAlready {
+        // Nothing became unsent; a wait for writability may end here as
+        // it did when a write's promise completed inside the flush.
+        resumeIfRepliesFit(context)
+      } else {
+        trackUnsent(count, context)
+      }
     }
     if closing {
       context.close(promise: nil)
     }
+  }
+
+  /// `count` reply bytes are in the channel, not yet taken by the socket:
+  /// held against the limits until a write queued behind them completes.
+  private func trackUnsent(_ count: Int, _ context: ChannelHandlerContext) {
+    unsentBytes += count
+    shared.unsentReplyBytes.wrappingAdd(count, ordering: .relaxed)
+    let written = context.eventLoop.makePromise(of: Void.self)
+    // Written, or failed at close: no longer held either way.
+    written.futureResult.assumeIsolated().whenComplete { _ in
+      self.unsentBytes -= count
+      self.shared.unsentReplyBytes.wrappingSubtract(count, ordering: .relaxed)
+      self.resumeIfRepliesFit(context)
+      self.notifyDrainWaiter()
+    }
+    context.writeAndFlush(
+      wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
   }
 }
 
