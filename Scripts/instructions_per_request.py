@@ -20,6 +20,7 @@ import argparse
 import glob
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -58,8 +59,18 @@ def counted_run(args, loadgen_bin, get_percent, depth, ops, outdir, tag):
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", args.server, "-p", str(port),
             "-l", "127.0.0.1", "-t", "1", "-m", str(args.memory_mb)]
     if os.path.basename(args.server) == "memcached":
-        argv += ["-U", "0"] + (["-u", "nobody"] if os.getuid() == 0 else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # memcached sets its descriptor limit to -c; valgrind (which keeps 12
+        # descriptors for itself) allows that only when it is exactly the
+        # limit valgrind leaves it, so -c 256 under a limit of 268.
+        argv += ["-U", "0", "-c", "256"] + (["-u", "nobody"] if os.getuid() == 0 else [])
+        limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (268, 268))
+        # Created writable for all: valgrind opens it again at exit, after
+        # memcached has become nobody.
+        open(out, "w").close()
+        os.chmod(out, 0o666)
+    else:
+        limit = None
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=limit)
     try:
         wait_listening(port, proc)
         lg = subprocess.run([loadgen_bin, "-p", str(port), "-c", str(args.conns), "-d", str(depth), "-n", str(ops),
@@ -96,6 +107,7 @@ def main():
     parser.add_argument("--keep", help="directory to keep the 2N runs' callgrind files in")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="kho-ipr-")
+    os.chmod(work, 0o777)  # memcached -u nobody writes its callgrind file here
     loadgen_bin = os.path.join(work, "loadgen")
     subprocess.run(["gcc", "-O2", "-o", loadgen_bin, LOADGEN_SOURCE, "-lm"], check=True)
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]

@@ -105,6 +105,22 @@ extension MemcacheHandler {
     return .done
   }
 
+  /// `reply` for a fixed text: no String is built or measured.
+  @discardableResult
+  func replyStatic(_ text: StaticString, noreply: Bool = false) -> Outcome {
+    if !noreply {
+      output.writeWithUnsafeMutableBytes(minimumWritableBytes: text.utf8CodeUnitCount + 2) {
+        target in
+        let count = text.utf8CodeUnitCount
+        target.baseAddress!.copyMemory(from: text.utf8Start, byteCount: count)
+        target[count] = UInt8(ascii: "\r")
+        target[count + 1] = UInt8(ascii: "\n")
+        return count + 2
+      }
+    }
+    return .done
+  }
+
   /// memcached's set_noreply_maybe: the last real token is "noreply".
   func isNoreply(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Bool {
     line.slice(tokens[tokens.memcachedCount - 2]).equals("noreply")
@@ -207,62 +223,98 @@ extension MemcacheHandler {
       return reply("SERVER_ERROR object too large for cache", noreply: noreply)
     }
     if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .set) }
+    let blockLength = Int(length)
+    // The usual case: the data block came in the same read as the line.
+    // Stored from where the bytes are, with no copy of the key, unless
+    // the store is frozen: then the command waits as one whose data came
+    // later would (completeStore retries it).
+    if let data = dataAfterLine, data.count >= blockLength + 2 {
+      do throws(CacheOperationError) {
+        let result = try storeBlock(mode, key: key, data, blockLength, flags, Int64(exptime))
+        dataConsumed = blockLength + 2
+        return replyToStore(.success(result), mode: mode, noreply: noreply)
+      } catch .frozen {
+        // fall through: wait with the command pending
+      } catch {
+        dataConsumed = blockLength + 2
+        return replyToStore(.failure(error), mode: mode, noreply: noreply)
+      }
+    }
     pending = PendingStore(
-      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length),
+      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: blockLength,
       noreply: noreply)
     return .done
   }
 
+  /// Stores the data block at the start of `data` (`length` bytes, then
+  /// "\r\n"). Returns nil when the block does not end with "\r\n".
+  private func storeBlock(
+    _ mode: StoreMode, key: UnsafeRawBufferPointer, _ data: UnsafeRawBufferPointer, _ length: Int,
+    _ flags: UInt32, _ exptime: Int64
+  ) throws(CacheOperationError) -> StoreResult? {
+    guard data[length] == UInt8(ascii: "\r") && data[length + 1] == UInt8(ascii: "\n") else {
+      return nil
+    }
+    return try store.store(
+      mode, key: key, value: data.slice(0..<length), flags: flags, exptime: exptime)
+  }
+
   /// The data block of `pending` has arrived (or not yet): store it.
   func completeStore() -> Outcome {
-    let command = pending!
-    if let meta = command.meta { return completeMetaStore(command, meta) }
-    guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
+    if let meta = pending!.meta { return completeMetaStore(pending!, meta) }
+    return completeClassicStore()
+  }
+
+  private func completeClassicStore() -> Outcome {
+    let length = pending!.length
+    guard input!.readableBytes >= length + 2 else { return .needMoreInput }
+    let mode = pending!.mode
+    let noreply = pending!.noreply
+    let flags = pending!.flags
+    let exptime = pending!.exptime
+    // (withUnsafe... rethrow untyped errors: the closures return a Result.)
     let result = input!.withUnsafeReadableBytes { bytes in
-      Result { () throws(CacheOperationError) -> String in
-        guard
-          bytes[command.length] == UInt8(ascii: "\r")
-            && bytes[command.length + 1] == UInt8(ascii: "\n")
-        else {
-          return "CLIENT_ERROR bad data chunk"
+      pending!.key.withUnsafeBytes { key -> Result<StoreResult?, CacheOperationError> in
+        do throws(CacheOperationError) {
+          return .success(try storeBlock(mode, key: key, bytes, length, flags, exptime))
+        } catch {
+          return .failure(error)
         }
-        let stored = try command.key.withUnsafeBytes { key in
-          Result { () throws(CacheOperationError) -> StoreResult in
-            try store.store(
-              command.mode, key: key, value: bytes.slice(0..<command.length), flags: command.flags,
-              exptime: command.exptime)
-          }
-        }.get()
-        return Self.storeReply(stored)
       }
     }
-    let text: String
     switch result {
-    case .success(let line): text = line
     case .failure(.frozen):
       let outcome = frozen()
       guard outcome == .done else { return outcome }
-      text = ""
-    case .failure(.tooLarge) where command.mode.joinsOldValue,
-      .failure(.outOfMemory) where command.mode.joinsOldValue:
-      // memcached's do_store_item: when the joined item cannot be
-      // allocated (too large, or no memory), append/prepend is NOT_STORED.
-      text = "NOT_STORED"
-    case .failure(.tooLarge): text = "SERVER_ERROR object too large for cache"
-    case .failure(_): text = "SERVER_ERROR out of memory storing object"
+      // Waited too long: frozen() answered; the block is dropped.
+      input!.moveReaderIndex(forwardBy: length + 2)
+      pending = nil
+      return .done
+    default: break
     }
-    input!.moveReaderIndex(forwardBy: command.length + 2)
+    input!.moveReaderIndex(forwardBy: length + 2)
     pending = nil
-    if !text.isEmpty { reply(text, noreply: command.noreply) }
-    return .done
+    return replyToStore(result, mode: mode, noreply: noreply)
   }
 
-  static func storeReply(_ result: StoreResult) -> String {
+  /// memcached's reply to a storage command's outcome (nil: a bad data chunk).
+  private func replyToStore(
+    _ result: Result<StoreResult?, CacheOperationError>, mode: StoreMode, noreply: Bool
+  ) -> Outcome {
     switch result {
-    case .stored: "STORED"
-    case .notStored: "NOT_STORED"
-    case .exists: "EXISTS"
-    case .notFound: "NOT_FOUND"
+    case .success(nil): replyStatic("CLIENT_ERROR bad data chunk", noreply: noreply)
+    case .success(.stored): replyStatic("STORED", noreply: noreply)
+    case .success(.notStored): replyStatic("NOT_STORED", noreply: noreply)
+    case .success(.exists): replyStatic("EXISTS", noreply: noreply)
+    case .success(.notFound): replyStatic("NOT_FOUND", noreply: noreply)
+    case .failure(.tooLarge) where mode.joinsOldValue,
+      .failure(.outOfMemory) where mode.joinsOldValue:
+      // memcached's do_store_item: when the joined item cannot be
+      // allocated (too large, or no memory), append/prepend is NOT_STORED.
+      replyStatic("NOT_STORED", noreply: noreply)
+    case .failure(.tooLarge):
+      replyStatic("SERVER_ERROR object too large for cache", noreply: noreply)
+    case .failure(_): replyStatic("SERVER_ERROR out of memory storing object", noreply: noreply)
     }
   }
 

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// memcached's tokenizer: tokens are separated by spaces only (not tabs),
 /// empty tokens are skipped. Ranges index into the line.
 ///
@@ -52,6 +58,15 @@ struct Tokens {
 extension UnsafeRawBufferPointer {
   @inline(__always) func slice(_ range: Range<Int>) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(rebasing: self[range])
+  }
+
+  /// The offset of the first `byte`, found with memchr (a byte-at-a-time
+  /// loop over every line and data block was a visible share of a
+  /// request's cost).
+  @inline(__always) func firstIndex(ofByte byte: UInt8) -> Int? {
+    guard let base = baseAddress, count > 0 else { return nil }
+    guard let found = memchr(base, Int32(byte), count) else { return nil }
+    return base.distance(to: UnsafeRawPointer(found))
   }
 
   @inline(__always) func equals(_ literal: StaticString) -> Bool {
