@@ -74,7 +74,7 @@ def counted_run(args, loadgen_bin, get_percent, depth, ops, outdir, tag):
     try:
         wait_listening(port, proc)
         lg = subprocess.run([loadgen_bin, "-p", str(port), "-c", str(args.conns), "-d", str(depth), "-n", str(ops),
-                             "-k", str(args.keys), "-v", str(args.value), "-r", str(get_percent)],
+                             "-k", str(args.keys), "-v", str(args.value), "-r", str(get_percent)] + (["-m"] if args.meta else []),
                             capture_output=True, text=True, timeout=1200)
         if lg.returncode != 0:
             sys.exit(f"loadgen failed: {lg.stderr}")
@@ -104,6 +104,7 @@ def main():
     parser.add_argument("--conns", type=int, default=4)
     parser.add_argument("--memory-mb", type=int, default=64)
     parser.add_argument("--cases", default="all", help="comma-separated indices into the case list, or all")
+    parser.add_argument("--meta", action="store_true", help="reads as meta `mg KEY v` instead of `get`")
     parser.add_argument("--keep", help="directory to keep the 2N runs' callgrind files in")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="kho-ipr-")
@@ -112,7 +113,7 @@ def main():
     subprocess.run(["gcc", "-O2", "-o", loadgen_bin, LOADGEN_SOURCE, "-lm"], check=True)
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     print(f"server: {args.server}; {args.conns} connections, {args.keys} keys, {args.value} B values, "
-          f"N = {args.ops}, valgrind --tool=callgrind, all threads")
+          f"N = {args.ops}, reads as {'mg' if args.meta else 'get'}, valgrind --tool=callgrind, all threads")
     print("| mix | depth | instructions / request |")
     print("|---|---:|---:|")
     for name, get_percent, depth in cases:
