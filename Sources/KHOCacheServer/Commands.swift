@@ -169,7 +169,7 @@ extension MemcacheHandler {
         return frozen()
       }
     }
-    output.writeStaticString("END\r\n")
+    output.writeFixed("END\r\n")
     return .done
   }
 
@@ -465,6 +465,41 @@ extension ByteBuffer {
       put(item.value)
       put("\r\n")
       return at
+    }
+  }
+
+  /// writeStaticString at about half the cost: one reserve, one copy.
+  mutating func writeFixed(_ literal: StaticString) {
+    let count = literal.utf8CodeUnitCount
+    writeWithUnsafeMutableBytes(minimumWritableBytes: count) { target in
+      target.baseAddress!.copyMemory(from: literal.utf8Start, byteCount: count)
+      return count
+    }
+  }
+
+  /// Writes `prefix`, then `value` in decimal, with one capacity check
+  /// (each separate write checks uniqueness and capacity again).
+  mutating func writeStaticString(_ prefix: StaticString, decimal value: UInt64) {
+    let count = prefix.utf8CodeUnitCount
+    writeWithUnsafeMutableBytes(minimumWritableBytes: count + 20) { target in
+      target.baseAddress!.copyMemory(from: prefix.utf8Start, byteCount: count)
+      return count
+        + formatDecimal(value, into: UnsafeMutableRawBufferPointer(rebasing: target[count...]))
+    }
+  }
+
+  /// Writes "\r\n", `block`, "\r\n" (the end of a reply line and a data
+  /// block) with one capacity check.
+  mutating func writeLineEndAndBlock(_ block: UnsafeRawBufferPointer) {
+    writeWithUnsafeMutableBytes(minimumWritableBytes: block.count + 4) { target in
+      target[0] = UInt8(ascii: "\r")
+      target[1] = UInt8(ascii: "\n")
+      if let base = block.baseAddress, !block.isEmpty {
+        (target.baseAddress! + 2).copyMemory(from: base, byteCount: block.count)
+      }
+      target[block.count + 2] = UInt8(ascii: "\r")
+      target[block.count + 3] = UInt8(ascii: "\n")
+      return block.count + 4
     }
   }
 
