@@ -105,6 +105,22 @@ extension MemcacheHandler {
     return .done
   }
 
+  /// `reply` for a fixed text: no String is built or measured.
+  @discardableResult
+  func replyStatic(_ text: StaticString, noreply: Bool = false) -> Outcome {
+    if !noreply {
+      output.writeWithUnsafeMutableBytes(minimumWritableBytes: text.utf8CodeUnitCount + 2) {
+        target in
+        let count = text.utf8CodeUnitCount
+        target.baseAddress!.copyMemory(from: text.utf8Start, byteCount: count)
+        target[count] = UInt8(ascii: "\r")
+        target[count + 1] = UInt8(ascii: "\n")
+        return count + 2
+      }
+    }
+    return .done
+  }
+
   /// memcached's set_noreply_maybe: the last real token is "noreply".
   func isNoreply(_ line: UnsafeRawBufferPointer, _ tokens: Tokens) -> Bool {
     line.slice(tokens[tokens.memcachedCount - 2]).equals("noreply")
@@ -153,36 +169,25 @@ extension MemcacheHandler {
         return frozen()
       }
     }
-    output.writeStaticString("END\r\n")
+    output.writeFixed("END\r\n")
     return .done
   }
 
   private func writeValue(_ key: UnsafeRawBufferPointer, cas: Bool, touch exptime: Int64?)
     throws(CacheOperationError)
   {
-    let write: (CacheItemView) -> Void = { item in
-      self.output.writeStaticString("VALUE ")
-      self.output.writeBytes(item.key)
-      self.output.writeStaticString(" ")
-      self.output.writeDecimal(UInt64(item.flags))
-      self.output.writeStaticString(" ")
-      self.output.writeDecimal(UInt64(item.value.count))
-      if cas {
-        self.output.writeStaticString(" ")
-        self.output.writeDecimal(item.cas)
-      }
-      self.output.writeStaticString("\r\n")
-      self.output.writeBytes(item.value)
-      self.output.writeStaticString("\r\n")
-    }
-    let hit: Void?
+    // The closure is passed as a literal (a closure in a variable escapes,
+    // and is allocated on every call).
+    let hit: Bool
     if let exptime {
-      hit = try store.getAndTouch(key, exptime: exptime, write)
+      hit = try store.readAndTouch(key, exptime: exptime) {
+        self.output.writeValueLine($0, cas: cas)
+      }
     } else {
-      hit = store.get(key, write)
+      hit = store.read(key) { self.output.writeValueLine($0, cas: cas) }
     }
     if RuntimeSettings.detailEnabled.load(ordering: .relaxed) {
-      PrefixStats.record(key, .get(hit: hit != nil))
+      PrefixStats.record(key, .get(hit: hit))
     }
   }
 
@@ -218,62 +223,98 @@ extension MemcacheHandler {
       return reply("SERVER_ERROR object too large for cache", noreply: noreply)
     }
     if RuntimeSettings.detailEnabled.load(ordering: .relaxed) { PrefixStats.record(key, .set) }
+    let blockLength = Int(length)
+    // The usual case: the data block came in the same read as the line.
+    // Stored from where the bytes are, with no copy of the key, unless
+    // the store is frozen: then the command waits as one whose data came
+    // later would (completeStore retries it).
+    if let data = dataAfterLine, data.count >= blockLength + 2 {
+      do throws(CacheOperationError) {
+        let result = try storeBlock(mode, key: key, data, blockLength, flags, Int64(exptime))
+        dataConsumed = blockLength + 2
+        return replyToStore(.success(result), mode: mode, noreply: noreply)
+      } catch .frozen {
+        // fall through: wait with the command pending
+      } catch {
+        dataConsumed = blockLength + 2
+        return replyToStore(.failure(error), mode: mode, noreply: noreply)
+      }
+    }
     pending = PendingStore(
-      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: Int(length),
+      mode: mode, key: Array(key), flags: flags, exptime: Int64(exptime), length: blockLength,
       noreply: noreply)
     return .done
   }
 
+  /// Stores the data block at the start of `data` (`length` bytes, then
+  /// "\r\n"). Returns nil when the block does not end with "\r\n".
+  private func storeBlock(
+    _ mode: StoreMode, key: UnsafeRawBufferPointer, _ data: UnsafeRawBufferPointer, _ length: Int,
+    _ flags: UInt32, _ exptime: Int64
+  ) throws(CacheOperationError) -> StoreResult? {
+    guard data[length] == UInt8(ascii: "\r") && data[length + 1] == UInt8(ascii: "\n") else {
+      return nil
+    }
+    return try store.store(
+      mode, key: key, value: data.slice(0..<length), flags: flags, exptime: exptime)
+  }
+
   /// The data block of `pending` has arrived (or not yet): store it.
   func completeStore() -> Outcome {
-    let command = pending!
-    if let meta = command.meta { return completeMetaStore(command, meta) }
-    guard input!.readableBytes >= command.length + 2 else { return .needMoreInput }
+    if let meta = pending!.meta { return completeMetaStore(pending!, meta) }
+    return completeClassicStore()
+  }
+
+  private func completeClassicStore() -> Outcome {
+    let length = pending!.length
+    guard input!.readableBytes >= length + 2 else { return .needMoreInput }
+    let mode = pending!.mode
+    let noreply = pending!.noreply
+    let flags = pending!.flags
+    let exptime = pending!.exptime
+    // (withUnsafe... rethrow untyped errors: the closures return a Result.)
     let result = input!.withUnsafeReadableBytes { bytes in
-      Result { () throws(CacheOperationError) -> String in
-        guard
-          bytes[command.length] == UInt8(ascii: "\r")
-            && bytes[command.length + 1] == UInt8(ascii: "\n")
-        else {
-          return "CLIENT_ERROR bad data chunk"
+      pending!.key.withUnsafeBytes { key -> Result<StoreResult?, CacheOperationError> in
+        do throws(CacheOperationError) {
+          return .success(try storeBlock(mode, key: key, bytes, length, flags, exptime))
+        } catch {
+          return .failure(error)
         }
-        let stored = try command.key.withUnsafeBytes { key in
-          Result { () throws(CacheOperationError) -> StoreResult in
-            try store.store(
-              command.mode, key: key, value: bytes.slice(0..<command.length), flags: command.flags,
-              exptime: command.exptime)
-          }
-        }.get()
-        return Self.storeReply(stored)
       }
     }
-    let text: String
     switch result {
-    case .success(let line): text = line
     case .failure(.frozen):
       let outcome = frozen()
       guard outcome == .done else { return outcome }
-      text = ""
-    case .failure(.tooLarge) where command.mode.joinsOldValue,
-      .failure(.outOfMemory) where command.mode.joinsOldValue:
-      // memcached's do_store_item: when the joined item cannot be
-      // allocated (too large, or no memory), append/prepend is NOT_STORED.
-      text = "NOT_STORED"
-    case .failure(.tooLarge): text = "SERVER_ERROR object too large for cache"
-    case .failure(_): text = "SERVER_ERROR out of memory storing object"
+      // Waited too long: frozen() answered; the block is dropped.
+      input!.moveReaderIndex(forwardBy: length + 2)
+      pending = nil
+      return .done
+    default: break
     }
-    input!.moveReaderIndex(forwardBy: command.length + 2)
+    input!.moveReaderIndex(forwardBy: length + 2)
     pending = nil
-    if !text.isEmpty { reply(text, noreply: command.noreply) }
-    return .done
+    return replyToStore(result, mode: mode, noreply: noreply)
   }
 
-  static func storeReply(_ result: StoreResult) -> String {
+  /// memcached's reply to a storage command's outcome (nil: a bad data chunk).
+  private func replyToStore(
+    _ result: Result<StoreResult?, CacheOperationError>, mode: StoreMode, noreply: Bool
+  ) -> Outcome {
     switch result {
-    case .stored: "STORED"
-    case .notStored: "NOT_STORED"
-    case .exists: "EXISTS"
-    case .notFound: "NOT_FOUND"
+    case .success(nil): replyStatic("CLIENT_ERROR bad data chunk", noreply: noreply)
+    case .success(.stored): replyStatic("STORED", noreply: noreply)
+    case .success(.notStored): replyStatic("NOT_STORED", noreply: noreply)
+    case .success(.exists): replyStatic("EXISTS", noreply: noreply)
+    case .success(.notFound): replyStatic("NOT_FOUND", noreply: noreply)
+    case .failure(.tooLarge) where mode.joinsOldValue,
+      .failure(.outOfMemory) where mode.joinsOldValue:
+      // memcached's do_store_item: when the joined item cannot be
+      // allocated (too large, or no memory), append/prepend is NOT_STORED.
+      replyStatic("NOT_STORED", noreply: noreply)
+    case .failure(.tooLarge):
+      replyStatic("SERVER_ERROR object too large for cache", noreply: noreply)
+    case .failure(_): replyStatic("SERVER_ERROR out of memory storing object", noreply: noreply)
     }
   }
 
@@ -390,6 +431,83 @@ extension StoreMode {
 }
 
 extension ByteBuffer {
+  /// Writes one `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n` block
+  /// with one capacity check and plain stores: a hit's reply used to be
+  /// eight separate writes, each checking uniqueness and capacity.
+  mutating func writeValueLine(_ item: CacheItemView, cas: Bool) {
+    // "VALUE " + " " + " " + "\r\n" + "\r\n", two or three decimals of
+    // at most 20 digits, and a space before the CAS.
+    let most = 14 + item.key.count + item.value.count + 20 * 3 + 1
+    writeWithUnsafeMutableBytes(minimumWritableBytes: most) { target in
+      var at = 0
+      @inline(__always) func put(_ bytes: UnsafeRawBufferPointer) {
+        if let base = bytes.baseAddress, !bytes.isEmpty {
+          (target.baseAddress! + at).copyMemory(from: base, byteCount: bytes.count)
+        }
+        at += bytes.count
+      }
+      @inline(__always) func put(_ literal: StaticString) {
+        put(UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+      }
+      @inline(__always) func put(_ byte: UInt8) {
+        target[at] = byte
+        at += 1
+      }
+      @inline(__always) func putDecimal(_ value: UInt64) {
+        at += formatDecimal(value, into: UnsafeMutableRawBufferPointer(rebasing: target[at...]))
+      }
+      put("VALUE ")
+      put(item.key)
+      put(UInt8(ascii: " "))
+      putDecimal(UInt64(item.flags))
+      put(UInt8(ascii: " "))
+      putDecimal(UInt64(item.value.count))
+      if cas {
+        put(UInt8(ascii: " "))
+        putDecimal(item.cas)
+      }
+      put("\r\n")
+      put(item.value)
+      put("\r\n")
+      return at
+    }
+  }
+
+  /// writeStaticString at about half the cost: one reserve, one copy.
+  mutating func writeFixed(_ literal: StaticString) {
+    let count = literal.utf8CodeUnitCount
+    writeWithUnsafeMutableBytes(minimumWritableBytes: count) { target in
+      target.baseAddress!.copyMemory(from: literal.utf8Start, byteCount: count)
+      return count
+    }
+  }
+
+  /// Writes `prefix`, then `value` in decimal, with one capacity check
+  /// (each separate write checks uniqueness and capacity again).
+  mutating func writeStaticString(_ prefix: StaticString, decimal value: UInt64) {
+    let count = prefix.utf8CodeUnitCount
+    writeWithUnsafeMutableBytes(minimumWritableBytes: count + 20) { target in
+      target.baseAddress!.copyMemory(from: prefix.utf8Start, byteCount: count)
+      return count
+        + formatDecimal(value, into: UnsafeMutableRawBufferPointer(rebasing: target[count...]))
+    }
+  }
+
+  /// Writes "\r\n", `block`, "\r\n" (the end of a reply line and a data
+  /// block) with one capacity check.
+  mutating func writeLineEndAndBlock(_ block: UnsafeRawBufferPointer) {
+    writeWithUnsafeMutableBytes(minimumWritableBytes: block.count + 4) { target in
+      target[0] = UInt8(ascii: "\r")
+      target[1] = UInt8(ascii: "\n")
+      if let base = block.baseAddress, !block.isEmpty {
+        (target.baseAddress! + 2).copyMemory(from: base, byteCount: block.count)
+      }
+      target[block.count + 2] = UInt8(ascii: "\r")
+      target[block.count + 3] = UInt8(ascii: "\n")
+      return block.count + 4
+    }
+  }
+
   /// Writes `value` in decimal without going through String.
   @inline(__always) mutating func writeDecimal(_ value: UInt64) {
     var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch
@@ -404,4 +522,26 @@ extension ByteBuffer {
       writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
     }
   }
+}
+
+/// Writes `value` in decimal at the start of `target` (at least 20 bytes:
+/// UInt64.max has 20 digits) and returns the number of digits.
+@inline(__always) func formatDecimal(_ value: UInt64, into target: UnsafeMutableRawBufferPointer)
+  -> Int
+{
+  var digits = 1
+  var rest = value
+  while rest >= 10 {
+    digits += 1
+    rest /= 10
+  }
+  precondition(target.count >= digits)
+  rest = value
+  var index = digits
+  repeat {
+    index -= 1
+    target[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+    rest /= 10
+  } while rest > 0
+  return digits
 }

@@ -281,8 +281,7 @@ extension MemcacheHandler {
     _ flags: MetaFlags
   ) -> Bool {
     if flags.value {
-      output.writeStaticString("VA ")
-      output.writeDecimal(UInt64(item.value.count))
+      output.writeStaticString("VA ", decimal: UInt64(item.value.count))
     } else {
       output.writeStaticString("HD")
     }
@@ -321,9 +320,9 @@ extension MemcacheHandler {
       output.writeStaticString(" W")
       item.markTokenSent()
     }
-    output.writeStaticString("\r\n")
     if flags.value {
-      output.writeBytes(item.value)
+      output.writeLineEndAndBlock(item.value)
+    } else {
       output.writeStaticString("\r\n")
     }
     return true

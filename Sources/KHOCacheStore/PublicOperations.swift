@@ -31,6 +31,34 @@ extension CacheStore {
     }
   }
 
+  /// `get` for a caller that only looks at the item: not generic, so a
+  /// caller in another module pays no generic metadata lookup (`R?`) per
+  /// call, which on a cache hit costs about as much as the lookup itself.
+  /// - Returns: whether the key was present (`body` was called).
+  public func read(_ key: UnsafeRawBufferPointer, _ body: (CacheItemView) -> Void) -> Bool {
+    guard !key.isEmpty && key.count <= CacheLimits.maxKeyLength else { return false }
+    return locked { core in
+      let item = core.lookup(key, touch: nil)
+      if item == 0 { return false }
+      body(core.view(item))
+      return true
+    }
+  }
+
+  /// `getAndTouch` without a result type, for the reason `read` has none.
+  /// - Returns: whether the key was present (`body` was called).
+  /// - Throws: `.frozen`, `.badKey`.
+  public func readAndTouch(
+    _ key: UnsafeRawBufferPointer, exptime: Int64, _ body: (CacheItemView) -> Void
+  ) throws(CacheOperationError) -> Bool {
+    try mutating(key) { core in
+      let item = core.lookup(key, touch: exptime)
+      if item == 0 { return false }
+      body(core.view(item))
+      return true
+    }
+  }
+
   /// gat/gats: like `get`, and sets the item's expiry to `exptime`
   /// (memcached semantics: 0 never, ≤ 30 days relative, else unix time,
   /// negative already expired).
