@@ -28,28 +28,14 @@ import sys
 import tempfile
 import time
 
+# The same start-up helpers as the throughput bench (a sibling script).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_throughput import free_port, wait_listening  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LOADGEN_SOURCE = os.path.join(ROOT, "Benchmarks", "loadgen", "loadgen.c")
 CASES = [("GET", 100, 1), ("GET", 100, 16), ("SET", 0, 1), ("SET", 0, 16), ("90/10", 90, 1), ("90/10", 90, 16)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("server did not listen")
-            time.sleep(0.1)
 
 
 def counted_run(args, loadgen_bin, get_percent, depth, ops, outdir, tag):
@@ -72,7 +58,7 @@ def counted_run(args, loadgen_bin, get_percent, depth, ops, outdir, tag):
         limit = None
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=limit)
     try:
-        wait_listening(port, proc)
+        wait_listening(port, proc, timeout=120)
         lg = subprocess.run([loadgen_bin, "-p", str(port), "-c", str(args.conns), "-d", str(depth), "-n", str(ops),
                              "-k", str(args.keys), "-v", str(args.value), "-r", str(get_percent)] + (["-m"] if args.meta else []),
                             capture_output=True, text=True, timeout=1200)

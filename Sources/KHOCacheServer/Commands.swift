@@ -512,14 +512,8 @@ extension ByteBuffer {
   @inline(__always) mutating func writeDecimal(_ value: UInt64) {
     var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch
     withUnsafeMutableBytes(of: &digits) { scratch in
-      var index = scratch.count
-      var rest = value
-      repeat {
-        index -= 1
-        scratch[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
-        rest /= 10
-      } while rest > 0
-      writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
+      let count = formatDecimal(value, into: scratch)
+      writeBytes(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
     }
   }
 }
