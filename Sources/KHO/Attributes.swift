@@ -3,8 +3,8 @@
 // the kernfs layer around them (E2BIG, EACCES, reads by offset). A FUSE
 // mount only forwards to ``KHOAttributes``.
 
-import KHOSystem
 import FDT
+import KHOSystem
 import Synchronization
 
 /// One file of the control mount.

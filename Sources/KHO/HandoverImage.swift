@@ -1,5 +1,5 @@
-import KHOSystem
 import FDT
+import KHOSystem
 
 /// What one image leaves in scratch for the next, and how the next reads it
 /// back: the handover record at the start of scratch, then the mem cache,

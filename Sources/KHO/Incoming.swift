@@ -2,8 +2,8 @@
 // their memory back (the series' kho_get_fdt, kho_claim_mem,
 // kho_return_mem).
 
-import KHOSystem
 import FDT
+import KHOSystem
 import Logging
 import Synchronization
 

@@ -1,5 +1,5 @@
-import KHOSystem
 import FDT
+import KHOSystem
 
 /// One preserved range, the kernel's `struct kho_mem { u64 addr; u64 len; }`.
 ///

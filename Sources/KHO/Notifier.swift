@@ -1,8 +1,8 @@
 // The kernel's notifier chains (kernel/notifier.c, include/linux/notifier.h):
 // result codes, errno encoding, priority order, a blocking chain.
 
-import KHOSystem
 import FDT
+import KHOSystem
 import Synchronization
 
 /// A notifier's result, the kernel's `NOTIFY_*` codes.

@@ -1,8 +1,8 @@
 // The outgoing half, the seed's kernel/kexec_kho_out.c: the notifier chain,
 // serialize and abort, and the state the attributes show.
 
-import KHOSystem
 import FDT
+import KHOSystem
 import Logging
 import Synchronization
 
@@ -187,8 +187,7 @@ public final class KHOOutgoing: Sendable {
   /// nor call ``serialize()`` from `body` (it would wait for itself).
   ///
   /// - Throws: `Errno/resourceBusy`` while active.
-  public func withMutation<R, E: Error>(_ body: () throws(E) -> R) throws(Errno) -> Result<R, E>
-  {
+  public func withMutation<R, E: Error>(_ body: () throws(E) -> R) throws(Errno) -> Result<R, E> {
     var current = gate.load(ordering: .acquiring)
     while true {
       if current & Self.activeBit != 0 { throw .resourceBusy }

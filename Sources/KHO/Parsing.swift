@@ -4,6 +4,7 @@
 // sysfs buffer: a C string, so a NUL byte ends it.
 
 import KHOSystem
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)

@@ -5,8 +5,8 @@
 // instant, so that a process that dies without a handover still leaves one
 // the next image can trust after validation (kho_retrieve_subtree).
 
-import KHOSystem
 import FDT
+import KHOSystem
 import Synchronization
 
 #if canImport(Glibc)

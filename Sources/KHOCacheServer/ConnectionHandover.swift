@@ -93,7 +93,9 @@ public final class ConnectionRegistry: Sendable {
 
   /// Every registered connection's status, for `stats conns`.
   func statuses() -> [ConnectionStatus] {
-    shards.withLock { Array($0.values) }.flatMap { shard in shard.statuses.withLock { Array($0.values) } }
+    shards.withLock { Array($0.values) }.flatMap { shard in
+      shard.statuses.withLock { Array($0.values) }
+    }
   }
 
   /// Connections registered now.

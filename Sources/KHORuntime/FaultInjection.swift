@@ -1,6 +1,5 @@
-import Synchronization
-
 import KHOSystem
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
