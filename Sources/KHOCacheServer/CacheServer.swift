@@ -18,20 +18,26 @@ public enum CacheServer {
         }
       }
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-      .childChannelOption(.maxMessagesPerRead, value: 16)
-      // Back-pressure on replies: past the high mark the channel is not
-      // writable and `MemcacheHandler` stops running commands and reading
-      // until the client has taken its replies down to the low mark.
-      .childChannelOption(
-        .writeBufferWaterMark,
-        value: .init(
-          low: context.configuration.pendingOutputLimit / 2,
-          high: context.configuration.pendingOutputLimit)
-      )
+      .childChannelOption(.maxMessagesPerRead, value: maxMessagesPerRead)
+      .childChannelOption(.writeBufferWaterMark, value: replyWaterMark(context))
       .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(MemcacheHandler(context: context))
         }
       }
+  }
+  /// Reads per readable event on a connection, for accepted and for
+  /// handed-over connections alike.
+  static let maxMessagesPerRead: UInt = 16
+
+  /// Back-pressure on replies: past the high mark a connection's channel is
+  /// not writable, and `MemcacheHandler` stops running commands and reading
+  /// until the client has taken its replies down to the low mark.
+  static func replyWaterMark(_ context: CacheServerContext)
+    -> ChannelOptions.Types.WriteBufferWaterMark
+  {
+    .init(
+      low: context.configuration.pendingOutputLimit / 2,
+      high: context.configuration.pendingOutputLimit)
   }
 }

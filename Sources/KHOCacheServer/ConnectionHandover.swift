@@ -155,7 +155,7 @@ public final class ConnectionRegistry: Sendable {
       let loop = shard.eventLoop
       loop.execute {
         LoopFreeze(
-          loop: loop, connections: listed?.value ?? [], freeze: freeze, table: table,
+          loop: loop, connections: listed?.value ?? [], freeze: freeze,
           drainTimeout: drainTimeout
         ).start()
       }
@@ -285,7 +285,6 @@ final class LoopFreeze {
   let loop: any EventLoop
   let connections: [(MemcacheHandler, ChannelHandlerContext)]
   let freeze: HandoverFreeze
-  let table: SocketTable
   let drainTimeout: TimeAmount
   private var undrained = 0
   private var parked = false
@@ -293,12 +292,11 @@ final class LoopFreeze {
 
   init(
     loop: any EventLoop, connections: [(MemcacheHandler, ChannelHandlerContext)],
-    freeze: HandoverFreeze, table: SocketTable, drainTimeout: TimeAmount
+    freeze: HandoverFreeze, drainTimeout: TimeAmount
   ) {
     self.loop = loop
     self.connections = connections
     self.freeze = freeze
-    self.table = table
     self.drainTimeout = drainTimeout
   }
 
@@ -600,14 +598,11 @@ public enum ConnectionAdoption {
   static func bootstrap(
     group: any EventLoopGroup, context: CacheServerContext, snapshot: ConnectionSnapshot
   ) -> ClientBootstrap {
+    // The same options as an accepted connection's (CacheServer.swift);
+    // TCP_NODELAY is the socket's own and came with it.
     ClientBootstrap(group: group)
-      .channelOption(.maxMessagesPerRead, value: 16)
-      .channelOption(
-        .writeBufferWaterMark,
-        value: .init(
-          low: context.configuration.pendingOutputLimit / 2,
-          high: context.configuration.pendingOutputLimit)
-      )
+      .channelOption(.maxMessagesPerRead, value: CacheServer.maxMessagesPerRead)
+      .channelOption(.writeBufferWaterMark, value: CacheServer.replyWaterMark(context))
       .channelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
           let handler = MemcacheHandler(context: context)
@@ -621,7 +616,7 @@ public enum ConnectionAdoption {
 
 // MARK: The records' bytes
 
-/// Snapshots as bytes, little-endian: "KHOCONN1", a u32 count, then per
+/// Snapshots as bytes, little-endian: "KHOCONN1", a u64 count, then per
 /// connection its fields with u64 lengths. Decoding checks every length
 /// against what is left and against the protocol's bounds.
 public enum ConnectionRecords {

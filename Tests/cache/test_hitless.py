@@ -33,7 +33,6 @@ overlapped, and never reconnects (a closed connection fails the test):
 
 Prints `N passed, M failed` last; exits non-zero on any failure.
 """
-import argparse
 import os
 import socket
 import sys
@@ -374,14 +373,7 @@ def many_handovers_leak_nothing():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", required=True, help="path to the kho-cache binary")
-    parser.add_argument("--kho", required=True, help="path to the kho binary")
-    parser.add_argument("-k", dest="only", help="run only tests whose name contains this")
-    args = parser.parse_args()
-    test_upgrade.SERVER = os.path.abspath(args.server)
-    test_upgrade.KHO = os.path.abspath(args.kho)
-    return SUITE.run(args.only)
+    return test_upgrade.run_suite(SUITE, __doc__)
 
 
 if __name__ == "__main__":

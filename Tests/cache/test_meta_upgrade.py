@@ -10,7 +10,6 @@ the same, except that a TTL may have gone down by the seconds the upgrade
 took. Uses test_upgrade.py's Service (a kho-cache with a FUSE control
 mount, upgraded with the `kho` binary). Prints `N passed, M failed` last.
 """
-import argparse
 import os
 import re
 import socket
@@ -112,14 +111,7 @@ def meta_state_survives_overlapped_upgrades():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", required=True, help="path to the kho-cache binary")
-    parser.add_argument("--kho", required=True, help="path to the kho binary")
-    parser.add_argument("-k", dest="only", help="run only tests whose name contains this")
-    args = parser.parse_args()
-    test_upgrade.SERVER = os.path.abspath(args.server)
-    test_upgrade.KHO = os.path.abspath(args.kho)
-    return suite.run(args.only)
+    return test_upgrade.run_suite(suite, __doc__)
 
 
 if __name__ == "__main__":

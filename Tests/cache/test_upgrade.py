@@ -895,6 +895,20 @@ def attached_store_keeps_its_size_classes():
         cold.stop()
 
 
+def run_suite(suite, doc):
+    """The command line of a suite built on `Service`: --server and --kho
+    (made absolute for Service), and -k to run only tests whose name
+    contains a word. Returns the suite's exit status."""
+    global SERVER, KHO
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--server", required=True, help="path to the kho-cache binary")
+    parser.add_argument("--kho", required=True, help="path to the kho binary")
+    parser.add_argument("-k", dest="only", help="run only tests whose name contains this")
+    args = parser.parse_args()
+    SERVER, KHO = os.path.abspath(args.server), os.path.abspath(args.kho)
+    return suite.run(args.only)
+
+
 def main():
     global SERVER, KHO, ARGS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
