@@ -430,7 +430,11 @@ def command(rng, cas_values):
         f = flags(rng, SET_FLAGS, cas_values)
         return b" ".join([b"ms", key, b"%d" % len(value)] + f) + b"\r\n" + value + b"\r\n"
     if kind == 5:
-        f = flags(rng, [b"q", b"I", b"T30", b"k", b"O3"], cas_values)
+        # T45, not T30: an `mg ... R30` right after an `md ... I T30` met
+        # the threshold exactly, and whether 30 or 29 seconds were left
+        # depended on whether each server's seconds clock ticked between
+        # the two commands (a W flag from one server and not the other).
+        f = flags(rng, [b"q", b"I", b"T45", b"k", b"O3"], cas_values)
         return b" ".join([b"md", key] + f) + b"\r\n"
     if kind == 6:
         f = flags(rng, [b"N0", b"J5", b"D3", b"MD", b"MI", b"v", b"t", b"c", b"q", b"k"],
